@@ -1,0 +1,312 @@
+//! Elections: timers, pre-vote, votes, role changes and CheckQuorum.
+
+use super::{Engine, LeaderState, ReadError, StepError};
+use crate::message::{Message, MessageBody, RequestVote, RequestVoteResponse, VoteKind};
+use crate::protocol::progress::Progress;
+use crate::types::{EntryPayload, NodeId, Role, Term};
+
+/// The outcome of counting votes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Poll {
+    Won,
+    Lost,
+    Pending,
+}
+
+impl Engine {
+    /// Whether this node may campaign: only voters of the configuration in
+    /// force do, so learners and removed nodes never disturb the cluster.
+    pub(super) fn promotable(&self) -> bool {
+        self.membership.is_voter(self.config.id)
+    }
+
+    pub(super) fn tick_election(&mut self) {
+        self.election_elapsed += 1;
+        if self.promotable() && self.election_elapsed >= self.randomized_election_timeout {
+            self.election_elapsed = 0;
+            let kind = if self.config.pre_vote { VoteKind::PreVote } else { VoteKind::Vote };
+            self.campaign(kind, false);
+        }
+    }
+
+    /// Starts a campaign now (also used by tests and by a node asked to take
+    /// over leadership). Does nothing on a node that may not campaign.
+    pub fn campaign_now(&mut self) {
+        if self.role != Role::Leader {
+            let kind = if self.config.pre_vote { VoteKind::PreVote } else { VoteKind::Vote };
+            self.campaign(kind, false);
+        }
+    }
+
+    pub(super) fn campaign(&mut self, kind: VoteKind, leadership_transfer: bool) {
+        if !self.promotable() {
+            return;
+        }
+        let campaign_term = match kind {
+            VoteKind::PreVote => {
+                self.become_pre_candidate();
+                self.stats.pre_votes_started += 1;
+                self.term.next()
+            }
+            VoteKind::Vote => {
+                self.become_candidate();
+                self.stats.elections_started += 1;
+                self.term
+            }
+        };
+        self.votes.insert(self.config.id, true);
+        match self.poll() {
+            Poll::Won if kind == VoteKind::PreVote => return self.campaign(VoteKind::Vote, leadership_transfer),
+            Poll::Won => return self.become_leader(),
+            Poll::Lost | Poll::Pending => {}
+        }
+        let request = RequestVote {
+            kind,
+            last_log_index: self.log.last_index(),
+            last_log_term: self.log.last_term(),
+            leadership_transfer,
+        };
+        let voters: Vec<NodeId> = self.membership.members().into_iter().filter(|id| self.membership.is_voter(*id)).collect();
+        for voter in voters {
+            if voter == self.config.id {
+                continue;
+            }
+            let body = MessageBody::RequestVote(request.clone());
+            match kind {
+                // A real vote request must not leave before this node's own
+                // vote for itself is durable: a restart that forgot it could
+                // vote for a second candidate in the same term.
+                VoteKind::Vote => self.send_after_persist(voter, campaign_term, body),
+                VoteKind::PreVote => self.messages.push(Message {
+                    from: self.config.id,
+                    to: voter,
+                    term: campaign_term,
+                    body,
+                }),
+            }
+        }
+    }
+
+    fn poll(&self) -> Poll {
+        if self.membership.is_quorum(|id| self.votes.get(&id) == Some(&true)) {
+            Poll::Won
+        } else if self.membership.is_quorum(|id| self.votes.get(&id) == Some(&false)) {
+            Poll::Lost
+        } else {
+            Poll::Pending
+        }
+    }
+
+    fn become_pre_candidate(&mut self) {
+        self.end_leadership();
+        self.role = Role::PreCandidate;
+        self.leader = NodeId::NONE;
+        self.votes.clear();
+        self.election_elapsed = 0;
+        self.reset_randomized_election_timeout();
+    }
+
+    fn become_candidate(&mut self) {
+        self.end_leadership();
+        self.term = self.term.next();
+        self.vote = self.config.id;
+        self.role = Role::Candidate;
+        self.leader = NodeId::NONE;
+        self.votes.clear();
+        self.election_elapsed = 0;
+        self.reset_randomized_election_timeout();
+        self.fail_forwarded_reads(ReadError::LeadershipLost);
+        self.incoming_snapshot = None;
+    }
+
+    /// Becomes a follower in `term` (which must not be older than the
+    /// current one) of `leader` (or of no known leader).
+    pub(super) fn become_follower(&mut self, term: Term, leader: NodeId) {
+        debug_assert!(term >= self.term);
+        if term > self.term {
+            self.term = term;
+            self.vote = NodeId::NONE;
+            self.incoming_snapshot = None;
+        }
+        if leader != self.leader {
+            self.fail_forwarded_reads(ReadError::LeadershipLost);
+        }
+        self.end_leadership();
+        self.role = Role::Follower;
+        self.leader = leader;
+        self.votes.clear();
+        self.election_elapsed = 0;
+        self.reset_randomized_election_timeout();
+    }
+
+    pub(super) fn become_leader(&mut self) {
+        debug_assert!(self.role == Role::Candidate || self.membership.voters.len() <= 1);
+        self.role = Role::Leader;
+        self.leader = self.config.id;
+        self.election_elapsed = 0;
+        self.heartbeat_elapsed = 0;
+        self.stats.leadership_won += 1;
+        self.fail_forwarded_reads(ReadError::LeadershipLost);
+        let next = self.log.last_index().next();
+        let mut state = LeaderState::default();
+        for id in self.membership.members() {
+            if id != self.config.id {
+                let mut progress = Progress::new(next);
+                // Give every peer one CheckQuorum window to answer.
+                progress.recent_active = true;
+                state.progress.insert(id, progress);
+            }
+        }
+        self.leader_state = Some(Box::new(state));
+        // The blank entry lets the leader commit entries of earlier terms
+        // (§5.4.2) and learn its commit index for reads.
+        self.append_as_leader(EntryPayload::Blank);
+        self.maybe_commit();
+    }
+
+    /// Drops the leader's state, failing the reads it held.
+    fn end_leadership(&mut self) {
+        if let Some(state) = self.leader_state.take() {
+            let reads = state
+                .reads_awaiting_round
+                .iter()
+                .chain(state.pending_reads.iter())
+                .map(|r| (r.id, r.from))
+                .chain(state.reads_awaiting_commit.iter().map(|r| (r.0, r.1)));
+            let reads: Vec<_> = reads.collect();
+            for (id, from) in reads {
+                self.answer_read(id, from, Err(ReadError::LeadershipLost));
+            }
+        }
+    }
+
+    /// Settles a term question before any role-specific handling. Returns
+    /// whether the message should be processed further.
+    pub(super) fn step_term(&mut self, message: &Message) -> Result<bool, StepError> {
+        if message.term > self.term {
+            if let MessageBody::RequestVote(request) = &message.body {
+                let heard_from_leader = self.config.check_quorum
+                    && self.leader != NodeId::NONE
+                    && self.election_elapsed < self.config.election_timeout_ticks;
+                if !request.leadership_transfer && (heard_from_leader || self.vote_embargo) {
+                    // Ignore (do not even bump the term): a leader is alive,
+                    // so this candidate is disruptive, e.g. a removed node.
+                    self.stats.votes_ignored_in_lease += 1;
+                    return Ok(false);
+                }
+            }
+            match &message.body {
+                MessageBody::RequestVote(r) if r.kind == VoteKind::PreVote => {}
+                MessageBody::RequestVoteResponse(r) if r.kind == VoteKind::PreVote && r.granted => {}
+                MessageBody::AppendEntries(_)
+                | MessageBody::Heartbeat(_)
+                | MessageBody::InstallSnapshot(_) => self.become_follower(message.term, message.from),
+                _ => self.become_follower(message.term, NodeId::NONE),
+            }
+            return Ok(true);
+        }
+        if message.term < self.term {
+            self.stats.dropped_stale_term += 1;
+            match &message.body {
+                // Tell a stale leader about the newer term so it steps down;
+                // with pre-vote or CheckQuorum it might otherwise never learn.
+                MessageBody::AppendEntries(_)
+                | MessageBody::Heartbeat(_)
+                | MessageBody::InstallSnapshot(_) => {
+                    self.send(message.from, MessageBody::HeartbeatResponse(crate::message::HeartbeatResponse { read_round: 0 }));
+                }
+                MessageBody::RequestVote(r) if r.kind == VoteKind::PreVote => {
+                    self.send(
+                        message.from,
+                        MessageBody::RequestVoteResponse(RequestVoteResponse { kind: VoteKind::PreVote, granted: false }),
+                    );
+                }
+                _ => {}
+            }
+            return Err(StepError::StaleTerm { message_term: message.term, current_term: self.term });
+        }
+        Ok(true)
+    }
+
+    /// Answers a vote or pre-vote request in the current term (or, for a
+    /// pre-vote, a future one).
+    pub(super) fn handle_request_vote(&mut self, message: &Message, request: &RequestVote) {
+        let can_vote = self.vote == message.from
+            || (self.vote == NodeId::NONE && self.leader == NodeId::NONE)
+            || (request.kind == VoteKind::PreVote && message.term > self.term);
+        let log_ok = self.log.is_up_to_date(request.last_log_index, request.last_log_term)
+            || self.bug(|b| b.vote_without_log_check);
+        let granted = can_vote && log_ok;
+        let term = if granted { message.term } else { self.term };
+        if granted && request.kind == VoteKind::Vote {
+            self.vote = message.from;
+            self.election_elapsed = 0;
+        }
+        let body = MessageBody::RequestVoteResponse(RequestVoteResponse { kind: request.kind, granted });
+        match request.kind {
+            // The vote is durable before the answer leaves.
+            VoteKind::Vote => self.send_after_persist(message.from, term, body),
+            VoteKind::PreVote => self.messages.push(Message { from: self.config.id, to: message.from, term, body }),
+        }
+    }
+
+    /// Counts a vote answer while campaigning.
+    pub(super) fn handle_vote_response(&mut self, message: &Message, response: &RequestVoteResponse) {
+        let expected = match self.role {
+            Role::PreCandidate => VoteKind::PreVote,
+            Role::Candidate => VoteKind::Vote,
+            _ => return,
+        };
+        if response.kind != expected || !self.membership.is_voter(message.from) {
+            self.stats.dropped_irrelevant += 1;
+            return;
+        }
+        self.votes.entry(message.from).or_insert(response.granted);
+        match self.poll() {
+            Poll::Won if expected == VoteKind::PreVote => self.campaign(VoteKind::Vote, false),
+            Poll::Won => self.become_leader(),
+            Poll::Lost => self.become_follower(self.term, NodeId::NONE),
+            Poll::Pending => {}
+        }
+    }
+
+    pub(super) fn step_candidate(&mut self, message: Message) -> Result<(), StepError> {
+        match &message.body {
+            MessageBody::RequestVote(request) => {
+                let request = request.clone();
+                self.handle_request_vote(&message, &request);
+            }
+            MessageBody::RequestVoteResponse(response) => {
+                let response = response.clone();
+                self.handle_vote_response(&message, &response);
+            }
+            MessageBody::AppendEntries(_) | MessageBody::Heartbeat(_) | MessageBody::InstallSnapshot(_) => {
+                // A leader of this term exists: follow it.
+                self.become_follower(message.term, message.from);
+                return self.step_follower(message);
+            }
+            MessageBody::ReadIndex(request) => {
+                let id = request.id;
+                self.answer_read(id, message.from, Err(ReadError::NoLeader));
+            }
+            _ => self.stats.dropped_irrelevant += 1,
+        }
+        Ok(())
+    }
+
+    /// CheckQuorum: a leader that has not heard from a quorum within an
+    /// election timeout steps down, so clients stop waiting on it.
+    pub(super) fn check_quorum_active(&mut self) -> bool {
+        let id = self.config.id;
+        let Some(state) = self.leader_state.as_mut() else {
+            return true;
+        };
+        let active = self.membership.is_quorum(|peer| {
+            peer == id || state.progress.get(&peer).is_some_and(|p| p.recent_active)
+        });
+        for progress in state.progress.values_mut() {
+            progress.recent_active = false;
+        }
+        active
+    }
+}

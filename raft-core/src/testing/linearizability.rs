@@ -1,0 +1,1681 @@
+//! A linearizability checker for client histories of a key-value store.
+//!
+//! A test records every client operation on the store as an [`Operation`]:
+//! which key it touched, what it asked for, when it was invoked, when it
+//! completed and what it returned. [`check`] then decides whether some
+//! sequential order of those operations exists that (a) respects real time
+//! (if operation A completed before B was invoked, A comes first) and (b)
+//! explains every result under the semantics of a single register per key.
+//! Such a history is *linearizable*.
+//!
+//! # Per-key decomposition
+//!
+//! Linearizability is compositional (Herlihy & Wing, 1990): a history of
+//! independent objects is linearizable exactly when the sub-history of each
+//! object is. Every key is an independent register, so each key is checked
+//! on its own. This turns one search over `n` operations into several
+//! searches over far fewer, which matters because the search is exponential
+//! in the worst case.
+//!
+//! # The search (Wing & Gong, with Lowe's memoisation)
+//!
+//! Each operation on a key contributes a *call* event at its invoke time and
+//! a *return* event at its completion time. The events are sorted by time,
+//! calls before returns at equal times, because precedence requires a strict
+//! `complete < invoke` and so touching operations are concurrent. They are
+//! kept in a doubly linked list.
+//!
+//! Scanning the list from its head, every call met before the first return
+//! event belongs to an operation that may take effect next: nothing that is
+//! still pending completed before it was invoked. The search tries such an
+//! operation against the register model; if the model accepts it, the
+//! operation is *lifted* (both its events leave the list) and the scan
+//! restarts from the head. When the scan meets a return event instead, the
+//! operation it belongs to should already have taken effect, so the last
+//! choice was wrong: the search pops it, puts its events back, and tries the
+//! next candidate after it. Removing and restoring list nodes in
+//! last-in-first-out order is O(1) each (Knuth's "dancing links").
+//!
+//! Lowe ("Testing for linearizability", 2017) observed that the future of
+//! the search depends only on *which* operations have been linearized and on
+//! the register's value, not on the order in which they were. The checker
+//! therefore remembers every configuration (set of linearized operations as
+//! a bitset, register value) it has entered and never enters one twice. With
+//! bounded client concurrency `c`, the reachable sets differ only within a
+//! window of about `c` overlapping operations, so the number of
+//! configurations is in practice around `n · 2^c` at worst and close to `n`
+//! for histories from a correct store. Each configuration costs a scan of
+//! the pending window plus an `O(n / 64)` bitset comparison on a cache hit.
+//! Deciding linearizability is NP-complete in general (Gibbons & Korach,
+//! 1997), so no bound better than exponential exists for adversarial
+//! histories; the [`SearchBudget`] turns those into [`Verdict::Unknown`].
+//!
+//! # Uncertain outcomes
+//!
+//! * [`Outcome::Failed`] means the store guarantees the operation did not
+//!   take effect, so it is dropped from the history before the search.
+//! * [`Outcome::Indeterminate`] (a timeout, a lost connection) means the
+//!   operation may or may not have taken effect, at any time after its
+//!   invoke. It gets no return event, as if it completed at infinity, and its
+//!   result is unconstrained. The search succeeds once every *determinate*
+//!   operation is linearized: the indeterminate ones left over are placed at
+//!   the end of the order, where they affect nothing, which is the same as
+//!   never having taken effect. For the same reason an indeterminate
+//!   operation that would not change the register at some point is never
+//!   placed there. Indeterminate reads constrain and change nothing, so they
+//!   are dropped.
+//!
+//! # The model
+//!
+//! The sequential specification of a key is one function, [`Op::apply`]
+//! (the effect), plus the check that an outcome is consistent with the
+//! register's value before the operation. A new kind of operation, say
+//! "restore value v" as a side effect of a cluster-wide rollback, is a new
+//! [`Op`] variant with an arm in each of those two places.
+//!
+//! # Example
+//!
+//! ```ignore
+//! let mut history = History::new();
+//! let write = history.invoke(1, 7, Op::Write(5));
+//! let read = history.invoke(2, 7, Op::Read);
+//! history.complete(write, Outcome::Written)?;
+//! history.complete(read, Outcome::Read(None))?; // concurrent: may see the old value
+//! assert_eq!(history.check(None)?, Verdict::Linearizable);
+//! ```
+
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::{self, Write as _};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::mem::size_of;
+
+use serde::{Deserialize, Serialize};
+
+/// The default for [`SearchBudget::max_explored_states`]. A history from a
+/// correct store explores about one configuration per operation, so ten
+/// million leaves room for keys with millions of operations or heavy
+/// concurrency, while a pathological key gives up after a few seconds.
+pub const DEFAULT_MAX_EXPLORED_STATES: u64 = 10_000_000;
+
+/// The default for [`SearchBudget::max_cache_bytes`]: 2 GiB, a tenth of
+/// the memory of the machines the test suites run on, so that two test
+/// threads searching at once cannot exhaust it.
+pub const DEFAULT_MAX_CACHE_BYTES: u64 = 2 << 30;
+
+/// How many operations of the longest linearizable prefix an explanation
+/// lists (the last ones, which are the ones nearest the violation).
+const EXPLANATION_PREFIX_OPERATIONS_MAX: usize = 20;
+
+/// How many candidate operations an explanation lists.
+const EXPLANATION_CANDIDATES_MAX: usize = 16;
+
+/// What a client asked the store to do with one key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Op {
+    /// Read the key's value.
+    Read,
+    /// Set the key to a value unconditionally.
+    Write(u64),
+    /// Compare-and-set: if the key holds `expected`, set it to `new`.
+    Cas {
+        /// The value the key must hold for the operation to succeed; `None`
+        /// means "only if the key is absent" (create).
+        expected: Option<u64>,
+        /// The value to set on success; `None` deletes the key.
+        new: Option<u64>,
+    },
+    /// Remove the key.
+    Delete,
+}
+
+impl Op {
+    /// The key's value after this operation takes effect, given its value
+    /// `before` (`None` is "absent"). This is the register's whole effect
+    /// specification; [`Outcome`] consistency is checked separately.
+    pub fn apply(self, before: Option<u64>) -> Option<u64> {
+        match self {
+            Op::Read => before,
+            Op::Write(value) => Some(value),
+            Op::Cas { expected, new } => {
+                if before == expected {
+                    new
+                } else {
+                    before
+                }
+            }
+            Op::Delete => None,
+        }
+    }
+}
+
+/// What a client learnt about one operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Outcome {
+    /// A read returned this value (`None`: the key was absent).
+    Read(Option<u64>),
+    /// A write was applied.
+    Written,
+    /// A compare-and-set was applied and reported whether it succeeded.
+    Cas(bool),
+    /// A delete was applied.
+    Deleted,
+    /// The store guarantees the operation did not take effect.
+    Failed,
+    /// The client does not know whether the operation took effect (timeout,
+    /// lost connection, crash). It may have, at any time after its invoke.
+    /// Operations that were invoked but never completed are indeterminate.
+    Indeterminate,
+}
+
+impl Outcome {
+    /// Whether this outcome is a definite result of the operation, as
+    /// opposed to [`Outcome::Failed`] or [`Outcome::Indeterminate`].
+    pub fn is_definite(self) -> bool {
+        !matches!(self, Outcome::Failed | Outcome::Indeterminate)
+    }
+
+    /// Whether this outcome can be the result of `op`: a read's outcome is a
+    /// read result, a write's is "written", and so on. Failed and
+    /// indeterminate fit every operation.
+    pub fn fits(self, op: Op) -> bool {
+        matches!(
+            (op, self),
+            (_, Outcome::Failed | Outcome::Indeterminate)
+                | (Op::Read, Outcome::Read(_))
+                | (Op::Write(_), Outcome::Written)
+                | (Op::Cas { .. }, Outcome::Cas(_))
+                | (Op::Delete, Outcome::Deleted)
+        )
+    }
+}
+
+/// One client operation on one key, as recorded by a test.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Operation {
+    /// The client that issued it. Only used in explanations.
+    pub client: u64,
+    /// The key it touched.
+    pub key: u64,
+    /// What was asked.
+    pub op: Op,
+    /// Logical time at which the client sent it, from a counter shared by
+    /// all clients of the history.
+    pub invoke: u64,
+    /// Logical time at which the client learnt the outcome, on the same
+    /// counter; `None` if it never did. Must not be less than `invoke`.
+    pub complete: Option<u64>,
+    /// What the client learnt. A definite outcome needs a `complete` time.
+    pub outcome: Outcome,
+}
+
+/// Identifies an operation of a [`History`]: its position in
+/// [`History::operations`], also used to name operations in explanations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct OpId(pub usize);
+
+impl OpId {
+    /// The operation's position in the history.
+    pub const fn index(self) -> usize {
+        self.0
+    }
+}
+
+impl fmt::Display for OpId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "#{}", self.0)
+    }
+}
+
+/// A recorded history, built as operations start and finish.
+///
+/// Call [`History::invoke`] when a client sends an operation and
+/// [`History::complete`] when it learns the outcome; both stamp the event
+/// with the history's own logical clock, which ticks once per event. A test
+/// that keeps its own clock uses [`History::invoke_at`] and
+/// [`History::complete_at`], or [`History::push`] for a finished record;
+/// the internal clock then moves past every time it is given, so the two
+/// styles can be mixed. Operations never completed stay
+/// [`Outcome::Indeterminate`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct History {
+    operations: Vec<Operation>,
+    /// The next logical time the history hands out.
+    #[serde(default)]
+    clock: u64,
+}
+
+impl History {
+    /// An empty history whose clock starts at zero.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records that `client` sent `op` on `key` now, by the history's clock.
+    pub fn invoke(&mut self, client: u64, key: u64, op: Op) -> OpId {
+        let time = self.clock;
+        self.invoke_at(client, key, op, time)
+    }
+
+    /// Records that `client` sent `op` on `key` at logical time `time`.
+    pub fn invoke_at(&mut self, client: u64, key: u64, op: Op, time: u64) -> OpId {
+        self.push(Operation {
+            client,
+            key,
+            op,
+            invoke: time,
+            complete: None,
+            outcome: Outcome::Indeterminate,
+        })
+    }
+
+    /// Records the outcome of operation `id` now, by the history's clock.
+    pub fn complete(&mut self, id: OpId, outcome: Outcome) -> Result<(), HistoryError> {
+        let time = self.clock;
+        self.complete_at(id, outcome, time)
+    }
+
+    /// Records the outcome of operation `id` at logical time `time`. Fails,
+    /// changing nothing, if the id is unknown, the operation already
+    /// completed, the outcome does not fit the operation, or `time` is
+    /// before the invoke.
+    pub fn complete_at(
+        &mut self,
+        id: OpId,
+        outcome: Outcome,
+        time: u64,
+    ) -> Result<(), HistoryError> {
+        let operations = self.operations.len();
+        let operation = self
+            .operations
+            .get_mut(id.0)
+            .ok_or(HistoryError::UnknownOperation { id, operations })?;
+        if operation.complete.is_some() || operation.outcome != Outcome::Indeterminate {
+            return Err(HistoryError::AlreadyCompleted { id });
+        }
+        if !outcome.fits(operation.op) {
+            return Err(HistoryError::OutcomeMismatch { id, op: operation.op, outcome });
+        }
+        if time < operation.invoke {
+            let invoke = operation.invoke;
+            return Err(HistoryError::CompletedBeforeInvoked { id, invoke, complete: time });
+        }
+        operation.complete = Some(time);
+        operation.outcome = outcome;
+        self.advance_clock_past(time);
+        Ok(())
+    }
+
+    /// Appends a finished (or never finished) record as it is. It is
+    /// validated by [`check`], not here, so that a history read back from a
+    /// file can be pushed whole and then checked.
+    pub fn push(&mut self, operation: Operation) -> OpId {
+        self.advance_clock_past(operation.invoke);
+        if let Some(complete) = operation.complete {
+            self.advance_clock_past(complete);
+        }
+        self.operations.push(operation);
+        OpId(self.operations.len() - 1)
+    }
+
+    /// The operations recorded so far, in the order they were invoked or
+    /// pushed; an [`OpId`] is a position in this slice.
+    pub fn operations(&self) -> &[Operation] {
+        &self.operations
+    }
+
+    /// The recorded operations, by value.
+    pub fn into_operations(self) -> Vec<Operation> {
+        self.operations
+    }
+
+    /// The number of operations recorded.
+    pub fn len(&self) -> usize {
+        self.operations.len()
+    }
+
+    /// Whether no operation has been recorded.
+    pub fn is_empty(&self) -> bool {
+        self.operations.is_empty()
+    }
+
+    /// Checks this history with [`check`]: every key starts at `initial`.
+    pub fn check(&self, initial: Option<u64>) -> Result<Verdict, HistoryError> {
+        check(&self.operations, initial)
+    }
+
+    fn advance_clock_past(&mut self, time: u64) {
+        self.clock = self.clock.max(time.saturating_add(1));
+    }
+}
+
+/// Why a history cannot be checked: it describes something impossible, which
+/// points at a bug in the harness that recorded it rather than in the store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum HistoryError {
+    /// An operation id that the history does not contain.
+    UnknownOperation {
+        /// The id given.
+        id: OpId,
+        /// How many operations the history holds.
+        operations: usize,
+    },
+    /// An operation was completed twice.
+    AlreadyCompleted {
+        /// The operation.
+        id: OpId,
+    },
+    /// An operation completed before it was invoked.
+    CompletedBeforeInvoked {
+        /// The operation.
+        id: OpId,
+        /// Its invoke time.
+        invoke: u64,
+        /// Its (earlier) completion time.
+        complete: u64,
+    },
+    /// An operation has a definite outcome but no completion time.
+    MissingCompletion {
+        /// The operation.
+        id: OpId,
+    },
+    /// An outcome that the operation cannot have, such as a read that
+    /// reports "written".
+    OutcomeMismatch {
+        /// The operation.
+        id: OpId,
+        /// What it asked for.
+        op: Op,
+        /// The outcome recorded for it.
+        outcome: Outcome,
+    },
+}
+
+impl fmt::Display for HistoryError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HistoryError::UnknownOperation { id, operations } => {
+                write!(f, "operation {id} does not exist (the history has {operations})")
+            }
+            HistoryError::AlreadyCompleted { id } => {
+                write!(f, "operation {id} was already completed")
+            }
+            HistoryError::CompletedBeforeInvoked { id, invoke, complete } => write!(
+                f,
+                "operation {id} completed at time {complete}, before its invoke at time {invoke}"
+            ),
+            HistoryError::MissingCompletion { id } => {
+                write!(f, "operation {id} has a definite outcome but no completion time")
+            }
+            HistoryError::OutcomeMismatch { id, op, outcome } => {
+                write!(f, "operation {id} ({op}) cannot have the outcome {outcome}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for HistoryError {}
+
+/// The checker's decision.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Verdict {
+    /// Every key's sub-history has a linearization.
+    Linearizable,
+    /// Some key's sub-history has none. If several keys fail, the lowest key
+    /// is reported.
+    NotLinearizable {
+        /// The key whose operations cannot be linearized.
+        key: u64,
+        /// For a person: the longest linearizable prefix the search found,
+        /// the key's value after it, and why none of the operations that
+        /// could come next fits.
+        explanation: String,
+    },
+    /// No key failed, but the search of this key ran out of its
+    /// [`SearchBudget`] before deciding.
+    Unknown {
+        /// The first key (the lowest) whose search gave up.
+        key: u64,
+        /// Which bound was reached.
+        reason: String,
+    },
+}
+
+impl Verdict {
+    /// Whether the verdict is [`Verdict::Linearizable`].
+    pub fn is_linearizable(&self) -> bool {
+        matches!(self, Verdict::Linearizable)
+    }
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Verdict::Linearizable => write!(f, "linearizable"),
+            Verdict::NotLinearizable { key, explanation } => {
+                write!(f, "not linearizable on key {key}:\n{explanation}")
+            }
+            Verdict::Unknown { key, reason } => write!(f, "unknown on key {key}: {reason}"),
+        }
+    }
+}
+
+/// Bounds on the search of one key. Each key has the whole budget, so a
+/// check of `k` keys does at most `k` times this much work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SearchBudget {
+    /// The most configurations (set of linearized operations, register
+    /// value) one key's search may enter. Each costs a list scan over the
+    /// pending operations and a cache insertion, so this bounds time.
+    pub max_explored_states: u64,
+    /// The most bytes, approximately, that one key's cache of explored
+    /// configurations may hold. Each entry holds a bitset of up to `n / 8`
+    /// bytes for `n` operations on the key, so this bounds memory where
+    /// `max_explored_states` alone would not.
+    pub max_cache_bytes: u64,
+}
+
+impl Default for SearchBudget {
+    fn default() -> Self {
+        Self {
+            max_explored_states: DEFAULT_MAX_EXPLORED_STATES,
+            max_cache_bytes: DEFAULT_MAX_CACHE_BYTES,
+        }
+    }
+}
+
+/// Checks `history` for linearizability, every key starting at `initial`,
+/// within the default [`SearchBudget`]. The operations may be in any order.
+/// Fails if the history describes something impossible (see
+/// [`HistoryError`]); an `OpId` in an error is a position in `history`.
+pub fn check(history: &[Operation], initial: Option<u64>) -> Result<Verdict, HistoryError> {
+    check_with_budget(history, initial, SearchBudget::default())
+}
+
+/// Like [`check`], with explicit bounds on the search of each key.
+pub fn check_with_budget(
+    history: &[Operation],
+    initial: Option<u64>,
+    budget: SearchBudget,
+) -> Result<Verdict, HistoryError> {
+    let keys = partition_by_key(history)?;
+    let mut first_unknown = None;
+    for (&key, operations) in &keys {
+        match search_key(operations, initial, budget).result {
+            SearchResult::Linearizable => {}
+            SearchResult::NotLinearizable(best) => {
+                let explanation = explain(history, operations, initial, &best);
+                return Ok(Verdict::NotLinearizable { key, explanation });
+            }
+            SearchResult::Unknown(reason) => {
+                // A definite violation on a later key is worth more than
+                // this, so keep looking.
+                first_unknown.get_or_insert(Verdict::Unknown { key, reason });
+            }
+        }
+    }
+    Ok(first_unknown.unwrap_or(Verdict::Linearizable))
+}
+
+/// One operation of a key's sub-history, as the search sees it.
+#[derive(Clone, Copy, Debug)]
+struct KeyOperation {
+    /// Position in the full history, for explanations.
+    index: usize,
+    op: Op,
+    /// A definite outcome, or [`Outcome::Indeterminate`].
+    outcome: Outcome,
+    invoke: u64,
+    /// `None` for an indeterminate operation: it completes at infinity.
+    complete: Option<u64>,
+}
+
+impl KeyOperation {
+    fn is_indeterminate(&self) -> bool {
+        self.complete.is_none()
+    }
+}
+
+/// Validates every operation and splits the history into per-key
+/// sub-histories, dropping operations that cannot matter: failed ones and
+/// indeterminate reads.
+fn partition_by_key(
+    history: &[Operation],
+) -> Result<BTreeMap<u64, Vec<KeyOperation>>, HistoryError> {
+    let mut keys: BTreeMap<u64, Vec<KeyOperation>> = BTreeMap::new();
+    for (index, operation) in history.iter().enumerate() {
+        validate(OpId(index), operation)?;
+        let complete = match operation.outcome {
+            Outcome::Failed => continue,
+            Outcome::Indeterminate if operation.op == Op::Read => continue,
+            Outcome::Indeterminate => None,
+            _ => operation.complete,
+        };
+        keys.entry(operation.key).or_default().push(KeyOperation {
+            index,
+            op: operation.op,
+            outcome: operation.outcome,
+            invoke: operation.invoke,
+            complete,
+        });
+    }
+    Ok(keys)
+}
+
+fn validate(id: OpId, operation: &Operation) -> Result<(), HistoryError> {
+    if let Some(complete) = operation.complete {
+        if complete < operation.invoke {
+            let invoke = operation.invoke;
+            return Err(HistoryError::CompletedBeforeInvoked { id, invoke, complete });
+        }
+    }
+    if !operation.outcome.fits(operation.op) {
+        let (op, outcome) = (operation.op, operation.outcome);
+        return Err(HistoryError::OutcomeMismatch { id, op, outcome });
+    }
+    if operation.outcome.is_definite() && operation.complete.is_none() {
+        return Err(HistoryError::MissingCompletion { id });
+    }
+    Ok(())
+}
+
+/// The register model: the key's value after `op` with result `outcome`
+/// takes effect on value `before`, or `None` if the outcome is impossible
+/// from `before`. Only definite outcomes and `Indeterminate` reach here.
+fn step(before: Option<u64>, op: Op, outcome: Outcome) -> Option<Option<u64>> {
+    let consistent = match (op, outcome) {
+        (_, Outcome::Indeterminate) => true,
+        (Op::Read, Outcome::Read(observed)) => observed == before,
+        (Op::Cas { expected, .. }, Outcome::Cas(succeeded)) => (before == expected) == succeeded,
+        (Op::Write(_), Outcome::Written) | (Op::Delete, Outcome::Deleted) => true,
+        _ => false,
+    };
+    consistent.then(|| op.apply(before))
+}
+
+/// Why `op` with `outcome` cannot take effect when the key holds `state`,
+/// in words, for explanations.
+fn mismatch_reason(op: Op, outcome: Outcome, state: Option<u64>) -> String {
+    let state = Value(state);
+    match (op, outcome) {
+        (Op::Read, Outcome::Read(observed)) => {
+            format!("it returned {} but the key holds {state}", Value(observed))
+        }
+        (Op::Cas { expected, .. }, Outcome::Cas(true)) => format!(
+            "it succeeded, which needs the key to hold {}, but it holds {state}",
+            Value(expected)
+        ),
+        (Op::Cas { .. }, Outcome::Cas(false)) => {
+            format!("it failed, but the key holds {state}, the value it expected")
+        }
+        _ => format!("its outcome is impossible when the key holds {state}"),
+    }
+}
+
+/// How one key's search ended.
+enum SearchResult {
+    Linearizable,
+    NotLinearizable(BestPrefix),
+    Unknown(String),
+}
+
+/// A search's result and how much work it took (for tests of its cost).
+struct SearchReport {
+    result: SearchResult,
+    explored_states: u64,
+}
+
+fn search_key(
+    operations: &[KeyOperation],
+    initial: Option<u64>,
+    budget: SearchBudget,
+) -> SearchReport {
+    let mut search = Search::new(operations, initial, budget);
+    let result = search.run();
+    SearchReport { result, explored_states: search.cache.configurations }
+}
+
+/// One choice on the search stack: the operation linearized, and the
+/// register's value before it, to restore on backtracking.
+#[derive(Clone, Copy)]
+struct Frame {
+    operation: usize,
+    state_before: Option<u64>,
+}
+
+/// The state of one key's Wing–Gong–Lowe search.
+///
+/// Events live in one arena: node `2 * i` is the call of operation `i`,
+/// node `2 * i + 1` its return (never linked for indeterminate operations),
+/// and node `2 * n` is the sentinel that heads and ends the circular list.
+struct Search<'a> {
+    operations: &'a [KeyOperation],
+    next: Vec<usize>,
+    previous: Vec<usize>,
+    sentinel: usize,
+    /// Bitset of the linearized operations.
+    linearized: Vec<u64>,
+    /// Zobrist hash of `linearized`: the XOR of one random word per member,
+    /// updated in O(1) on every lift and backtrack.
+    linearized_hash: u64,
+    state: Option<u64>,
+    stack: Vec<Frame>,
+    /// Determinate operations not yet linearized; the search succeeds at 0.
+    remaining_determinate: usize,
+    cache: Cache,
+    best: BestPrefix,
+    budget: SearchBudget,
+}
+
+impl<'a> Search<'a> {
+    fn new(operations: &'a [KeyOperation], initial: Option<u64>, budget: SearchBudget) -> Self {
+        let sentinel = 2 * operations.len();
+        let mut search = Search {
+            operations,
+            next: vec![sentinel; sentinel + 1],
+            previous: vec![sentinel; sentinel + 1],
+            sentinel,
+            linearized: vec![0; operations.len().div_ceil(64)],
+            linearized_hash: 0,
+            state: initial,
+            stack: Vec::new(),
+            remaining_determinate: operations.iter().filter(|o| !o.is_indeterminate()).count(),
+            cache: Cache::default(),
+            best: BestPrefix { operations: Vec::new(), state: initial, stable_depth: 0 },
+            budget,
+        };
+        search.link_events();
+        search
+    }
+
+    /// Builds the event list in time order, calls before returns at equal
+    /// times because touching operations are concurrent, not ordered.
+    fn link_events(&mut self) {
+        let mut events: Vec<(u64, bool, usize)> = Vec::with_capacity(self.sentinel);
+        for (position, operation) in self.operations.iter().enumerate() {
+            events.push((operation.invoke, false, 2 * position));
+            if let Some(complete) = operation.complete {
+                events.push((complete, true, 2 * position + 1));
+            }
+        }
+        events.sort_unstable();
+        let mut last = self.sentinel;
+        for &(_, _, node) in &events {
+            self.next[last] = node;
+            self.previous[node] = last;
+            last = node;
+        }
+        self.next[last] = self.sentinel;
+        self.previous[self.sentinel] = last;
+    }
+
+    fn run(&mut self) -> SearchResult {
+        let mut entry = self.next[self.sentinel];
+        loop {
+            if self.remaining_determinate == 0 {
+                return SearchResult::Linearizable;
+            }
+            if let Some(reason) = self.budget_exhausted() {
+                return SearchResult::Unknown(reason);
+            }
+            if entry != self.sentinel && entry % 2 == 0 {
+                entry = if self.try_lift(entry / 2) {
+                    self.next[self.sentinel]
+                } else {
+                    self.next[entry]
+                };
+                continue;
+            }
+            // A return event: its operation had to take effect by now, and
+            // no candidate before it could be placed, so undo the last
+            // choice. The list's end is only reachable with nothing
+            // determinate left, but it is handled the same way to be safe.
+            match self.backtrack() {
+                Some(call) => entry = self.next[call],
+                None => {
+                    return SearchResult::NotLinearizable(std::mem::take(&mut self.best));
+                }
+            }
+        }
+    }
+
+    fn budget_exhausted(&self) -> Option<String> {
+        if self.cache.configurations >= self.budget.max_explored_states {
+            return Some(format!(
+                "explored {} configurations, the budget's max_explored_states, without deciding",
+                self.cache.configurations
+            ));
+        }
+        if self.cache.bytes > self.budget.max_cache_bytes {
+            return Some(format!(
+                "the cache of explored configurations grew to about {} bytes, over the budget's \
+                 max_cache_bytes of {}, after {} configurations",
+                self.cache.bytes, self.budget.max_cache_bytes, self.cache.configurations
+            ));
+        }
+        None
+    }
+
+    /// Linearizes `operation` next if the model accepts it and the resulting
+    /// configuration is new; returns whether it did.
+    fn try_lift(&mut self, operation: usize) -> bool {
+        let record = self.operations[operation];
+        let Some(after) = step(self.state, record.op, record.outcome) else {
+            return false;
+        };
+        if record.is_indeterminate() && after == self.state {
+            // Without an effect here it is equivalent to placing it at the
+            // end, which leaving it unlinearized already covers.
+            return false;
+        }
+        self.toggle(operation);
+        if !self.cache.insert(&self.linearized, self.linearized_hash, after) {
+            self.toggle(operation);
+            return false;
+        }
+        self.stack.push(Frame { operation, state_before: self.state });
+        self.state = after;
+        self.unlink(2 * operation);
+        if !record.is_indeterminate() {
+            self.unlink(2 * operation + 1);
+            self.remaining_determinate -= 1;
+        }
+        self.best.observe(&self.stack, after);
+        true
+    }
+
+    /// Undoes the last lift; returns the call node of the operation undone,
+    /// or `None` if there was nothing to undo.
+    fn backtrack(&mut self) -> Option<usize> {
+        let frame = self.stack.pop()?;
+        let operation = frame.operation;
+        // Relink in the reverse order of unlinking, as dancing links need.
+        if !self.operations[operation].is_indeterminate() {
+            self.relink(2 * operation + 1);
+            self.remaining_determinate += 1;
+        }
+        self.relink(2 * operation);
+        self.toggle(operation);
+        self.state = frame.state_before;
+        self.best.note_pop(self.stack.len());
+        Some(2 * operation)
+    }
+
+    fn toggle(&mut self, operation: usize) {
+        self.linearized[operation / 64] ^= 1 << (operation % 64);
+        self.linearized_hash ^= zobrist(operation as u64);
+    }
+
+    fn unlink(&mut self, node: usize) {
+        let (previous, next) = (self.previous[node], self.next[node]);
+        self.next[previous] = next;
+        self.previous[next] = previous;
+    }
+
+    fn relink(&mut self, node: usize) {
+        let (previous, next) = (self.previous[node], self.next[node]);
+        self.next[previous] = node;
+        self.previous[next] = node;
+    }
+}
+
+/// The deepest stack the search reached, kept for the explanation.
+#[derive(Default)]
+struct BestPrefix {
+    /// Positions (in the key's sub-history) in linearization order.
+    operations: Vec<usize>,
+    /// The register's value after them.
+    state: Option<u64>,
+    /// How much of the current stack is known to equal `operations`: the
+    /// lowest depth popped to since the last copy. Copying only above it
+    /// makes the bookkeeping cost at most one copy per lift overall.
+    stable_depth: usize,
+}
+
+impl BestPrefix {
+    fn observe(&mut self, stack: &[Frame], state: Option<u64>) {
+        if stack.len() <= self.operations.len() {
+            return;
+        }
+        self.operations.truncate(self.stable_depth);
+        self.operations.extend(stack[self.stable_depth..].iter().map(|f| f.operation));
+        self.state = state;
+        self.stable_depth = stack.len();
+    }
+
+    fn note_pop(&mut self, depth: usize) {
+        self.stable_depth = self.stable_depth.min(depth);
+    }
+}
+
+/// A configuration already explored. The bitset is stored without its
+/// leading all-ones words and trailing all-zero words: the operations long
+/// finished are all linearized and those far ahead none, so only a window
+/// around the concurrent ones needs memory.
+struct Configuration {
+    state: Option<u64>,
+    full_words: usize,
+    words: Box<[u64]>,
+}
+
+impl Configuration {
+    fn new(bits: &[u64], state: Option<u64>) -> Self {
+        let full_words = bits.iter().take_while(|word| **word == u64::MAX).count();
+        let rest = &bits[full_words..];
+        let used = rest.iter().rposition(|word| *word != 0).map_or(0, |last| last + 1);
+        Configuration { state, full_words, words: rest[..used].into() }
+    }
+
+    fn heap_bytes(&self) -> u64 {
+        (self.words.len() * size_of::<u64>()) as u64
+    }
+
+    fn matches(&self, bits: &[u64], state: Option<u64>) -> bool {
+        let (full, rest) = bits.split_at(self.full_words.min(bits.len()));
+        let (window, tail) = rest.split_at(self.words.len().min(rest.len()));
+        self.state == state
+            && full.iter().all(|word| *word == u64::MAX)
+            && *window == *self.words
+            && tail.iter().all(|word| *word == 0)
+    }
+}
+
+/// A bucket of the cache: almost always one configuration, so the first is
+/// stored inline and only hash collisions allocate.
+struct Bucket {
+    first: Configuration,
+    others: Vec<Configuration>,
+}
+
+/// The set of explored configurations, keyed by a 64-bit hash that is
+/// already uniformly distributed (Zobrist), so the map does not rehash it.
+#[derive(Default)]
+struct Cache {
+    buckets: HashMap<u64, Bucket, BuildHasherDefault<PassThroughHasher>>,
+    configurations: u64,
+    /// Approximate memory held: entries plus their bitset windows.
+    bytes: u64,
+}
+
+impl Cache {
+    /// Adds the configuration; returns false if it was already present.
+    fn insert(&mut self, bits: &[u64], bits_hash: u64, state: Option<u64>) -> bool {
+        let hash = bits_hash ^ state_hash(state);
+        match self.buckets.entry(hash) {
+            Entry::Occupied(mut occupied) => {
+                let bucket = occupied.get_mut();
+                let known = bucket.first.matches(bits, state)
+                    || bucket.others.iter().any(|other| other.matches(bits, state));
+                if known {
+                    return false;
+                }
+                let configuration = Configuration::new(bits, state);
+                self.bytes += configuration.heap_bytes() + size_of::<Configuration>() as u64;
+                bucket.others.push(configuration);
+            }
+            Entry::Vacant(vacant) => {
+                let first = Configuration::new(bits, state);
+                // The map keeps up to twice its entries' worth of slots,
+                // plus a control byte each.
+                self.bytes += first.heap_bytes() + 2 * (size_of::<(u64, Bucket)>() as u64 + 1);
+                vacant.insert(Bucket { first, others: Vec::new() });
+            }
+        };
+        self.configurations += 1;
+        true
+    }
+}
+
+/// A hasher for keys that are already well-mixed 64-bit hashes.
+#[derive(Default)]
+struct PassThroughHasher(u64);
+
+impl Hasher for PassThroughHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is used for our keys; mix anything else anyway.
+        for &byte in bytes {
+            self.0 = mix(self.0 ^ u64::from(byte));
+        }
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        self.0 = value;
+    }
+}
+
+/// The SplitMix64 finaliser: a bijection that spreads every input bit over
+/// the whole output.
+fn mix(value: u64) -> u64 {
+    let mut z = value.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// The random word of operation `position` in the Zobrist hash of a set.
+fn zobrist(position: u64) -> u64 {
+    mix(position ^ 0x5A0B_0B15_7A5E_ED00)
+}
+
+fn state_hash(state: Option<u64>) -> u64 {
+    match state {
+        None => mix(0xAB5E_47AB_5E47_AB5E),
+        Some(value) => mix(value ^ 0x7E55_E7E5_5E7E_55E7),
+    }
+}
+
+/// A key's value in words: a number, or "absent".
+struct Value(Option<u64>);
+
+impl fmt::Display for Value {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(value) => write!(f, "{value}"),
+            None => write!(f, "absent"),
+        }
+    }
+}
+
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Op::Read => write!(f, "read"),
+            Op::Write(value) => write!(f, "write {value}"),
+            Op::Cas { expected, new } => write!(f, "cas {} to {}", Value(expected), Value(new)),
+            Op::Delete => write!(f, "delete"),
+        }
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Outcome::Read(value) => write!(f, "{}", Value(value)),
+            Outcome::Written | Outcome::Deleted => write!(f, "ok"),
+            Outcome::Cas(true) => write!(f, "succeeded"),
+            Outcome::Cas(false) => write!(f, "did not match"),
+            Outcome::Failed => write!(f, "failed"),
+            Outcome::Indeterminate => write!(f, "indeterminate"),
+        }
+    }
+}
+
+impl fmt::Display for Operation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "client {} key {}: {} -> {} [invoke {}, ", self.client, self.key, self.op, self.outcome, self.invoke)?;
+        match self.complete {
+            Some(complete) => write!(f, "complete {complete}]"),
+            None => write!(f, "never completed]"),
+        }
+    }
+}
+
+/// Writes the explanation of a failed key: the longest linearizable prefix
+/// the search found and, for every operation that could come next after it,
+/// why it does not fit.
+fn explain(
+    history: &[Operation],
+    operations: &[KeyOperation],
+    initial: Option<u64>,
+    best: &BestPrefix,
+) -> String {
+    let describe = |position: usize| {
+        let index = operations[position].index;
+        match history.get(index) {
+            Some(operation) => format!("{} {operation}", OpId(index)),
+            None => format!("{}", OpId(index)),
+        }
+    };
+    let mut text = String::new();
+    let shown_from = best.operations.len().saturating_sub(EXPLANATION_PREFIX_OPERATIONS_MAX);
+    let _ = writeln!(
+        text,
+        "the key starts {}; the longest linearizable prefix found has {} of its {} operations{}",
+        Value(initial),
+        best.operations.len(),
+        operations.len(),
+        if shown_from > 0 { format!(" (the first {shown_from} are not shown)") } else { String::new() }
+    );
+    for (position, &operation) in best.operations.iter().enumerate().skip(shown_from) {
+        let _ = writeln!(text, "  {}. {}", position + 1, describe(operation));
+    }
+    let _ = writeln!(text, "after that prefix the key holds {}", Value(best.state));
+    write_candidates(&mut text, operations, best, &describe);
+    text
+}
+
+/// The part of an explanation about the operations that could be next.
+fn write_candidates(
+    text: &mut String,
+    operations: &[KeyOperation],
+    best: &BestPrefix,
+    describe: &dyn Fn(usize) -> String,
+) {
+    let mut linearized = vec![false; operations.len()];
+    for &operation in &best.operations {
+        linearized[operation] = true;
+    }
+    let pending = || (0..operations.len()).filter(|&position| !linearized[position]);
+    // The earliest completion among the determinate operations left: each
+    // must take effect by then, and nothing invoked later may precede it.
+    let Some(deadline) = pending().filter_map(|position| operations[position].complete).min() else {
+        return;
+    };
+    let _ = writeln!(
+        text,
+        "no operation can be linearized next; an operation left must take effect by time {deadline}, \
+         and the candidates (those invoked by then) are:"
+    );
+    let candidates: Vec<usize> =
+        pending().filter(|&position| operations[position].invoke <= deadline).collect();
+    for &position in candidates.iter().take(EXPLANATION_CANDIDATES_MAX) {
+        let operation = operations[position];
+        let why = match step(best.state, operation.op, operation.outcome) {
+            None => mismatch_reason(operation.op, operation.outcome, best.state),
+            Some(_) if operation.is_indeterminate() => {
+                "it may take effect here, but no order of the rest follows from that".to_string()
+            }
+            Some(_) => "it fits here, but no order of the rest follows from it".to_string(),
+        };
+        let _ = writeln!(text, "  {}: {why}", describe(position));
+    }
+    if candidates.len() > EXPLANATION_CANDIDATES_MAX {
+        let hidden = candidates.len() - EXPLANATION_CANDIDATES_MAX;
+        let _ = writeln!(text, "  ... and {hidden} more");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The key that the single-key tests use.
+    const KEY: u64 = 0;
+
+    fn record(client: u64, op: Op, invoke: u64, complete: u64, outcome: Outcome) -> Operation {
+        Operation { client, key: KEY, op, invoke, complete: Some(complete), outcome }
+    }
+
+    fn read(client: u64, invoke: u64, complete: u64, observed: Option<u64>) -> Operation {
+        record(client, Op::Read, invoke, complete, Outcome::Read(observed))
+    }
+
+    fn write(client: u64, invoke: u64, complete: u64, value: u64) -> Operation {
+        record(client, Op::Write(value), invoke, complete, Outcome::Written)
+    }
+
+    fn cas(
+        client: u64,
+        invoke: u64,
+        complete: u64,
+        expected: Option<u64>,
+        new: Option<u64>,
+        succeeded: bool,
+    ) -> Operation {
+        record(client, Op::Cas { expected, new }, invoke, complete, Outcome::Cas(succeeded))
+    }
+
+    fn delete(client: u64, invoke: u64, complete: u64) -> Operation {
+        record(client, Op::Delete, invoke, complete, Outcome::Deleted)
+    }
+
+    fn indeterminate(client: u64, op: Op, invoke: u64) -> Operation {
+        Operation { client, key: KEY, op, invoke, complete: None, outcome: Outcome::Indeterminate }
+    }
+
+    fn verdict(history: &[Operation]) -> Verdict {
+        check(history, None).expect("the test history is valid")
+    }
+
+    fn assert_linearizable(history: &[Operation]) {
+        let verdict = verdict(history);
+        assert_eq!(verdict, Verdict::Linearizable, "{verdict}");
+    }
+
+    /// Asserts a violation on `KEY` and returns its explanation.
+    fn assert_not_linearizable(history: &[Operation]) -> String {
+        match verdict(history) {
+            Verdict::NotLinearizable { key, explanation } => {
+                assert_eq!(key, KEY);
+                explanation
+            }
+            other => panic!("expected a violation, got {other}"),
+        }
+    }
+
+    // Linearizable histories.
+
+    #[test]
+    fn empty_history_is_linearizable() {
+        assert_linearizable(&[]);
+    }
+
+    #[test]
+    fn sequential_operations_are_linearizable() {
+        assert_linearizable(&[
+            read(1, 1, 2, None),
+            write(1, 3, 4, 1),
+            read(2, 5, 6, Some(1)),
+            cas(1, 7, 8, Some(1), Some(2), true),
+            cas(2, 9, 10, Some(1), Some(3), false),
+            read(1, 11, 12, Some(2)),
+            delete(2, 13, 14),
+            read(1, 15, 16, None),
+            cas(1, 17, 18, None, Some(4), true),
+            read(2, 19, 20, Some(4)),
+        ]);
+    }
+
+    #[test]
+    fn read_concurrent_with_write_may_see_old_or_new_value() {
+        let history = [write(1, 1, 4, 1), read(2, 2, 3, None)];
+        assert_linearizable(&history);
+        let history = [write(1, 1, 4, 1), read(2, 2, 3, Some(1))];
+        assert_linearizable(&history);
+        // Touching times are concurrent: precedence needs complete < invoke.
+        let history = [write(1, 1, 3, 1), read(2, 3, 4, None)];
+        assert_linearizable(&history);
+    }
+
+    #[test]
+    fn concurrent_writes_may_take_effect_in_either_order() {
+        let history = [write(1, 1, 4, 1), write(2, 2, 5, 2), read(3, 6, 7, Some(1))];
+        assert_linearizable(&history);
+        let history = [write(1, 1, 4, 1), write(2, 2, 5, 2), read(3, 6, 7, Some(2))];
+        assert_linearizable(&history);
+    }
+
+    #[test]
+    fn indeterminate_write_read_later_is_linearizable() {
+        // The write timed out but took effect, long after its client gave up.
+        let history = [
+            indeterminate(1, Op::Write(7), 1),
+            read(2, 5, 6, None),
+            write(3, 7, 8, 1),
+            read(2, 9, 10, Some(7)),
+            read(2, 11, 12, Some(7)),
+        ];
+        assert_linearizable(&history);
+    }
+
+    #[test]
+    fn indeterminate_write_never_observed_is_linearizable() {
+        let history = [
+            indeterminate(1, Op::Write(7), 1),
+            read(2, 2, 3, None),
+            write(3, 4, 5, 1),
+            read(2, 6, 7, Some(1)),
+        ];
+        assert_linearizable(&history);
+    }
+
+    #[test]
+    fn indeterminate_operation_with_completion_time_is_still_uncertain() {
+        // The client gave up at time 2; the write still took effect later.
+        let mut timed_out = record(1, Op::Write(7), 1, 2, Outcome::Indeterminate);
+        timed_out.complete = Some(2);
+        assert_linearizable(&[timed_out, read(2, 3, 4, None), read(2, 5, 6, Some(7))]);
+    }
+
+    #[test]
+    fn indeterminate_reads_and_failed_operations_are_ignored() {
+        let history = [
+            indeterminate(1, Op::Read, 1),
+            record(2, Op::Write(5), 2, 3, Outcome::Failed),
+            read(3, 4, 5, None),
+        ];
+        assert_linearizable(&history);
+    }
+
+    #[test]
+    fn cas_patterns_consistent_with_some_order_are_linearizable() {
+        // Two concurrent creates: exactly one wins, and a read sees the winner.
+        let history = [
+            cas(1, 1, 5, None, Some(1), false),
+            cas(2, 2, 6, None, Some(2), true),
+            read(3, 7, 8, Some(2)),
+        ];
+        assert_linearizable(&history);
+        // A chain of concurrent increments that all succeed, in some order.
+        let history = [
+            cas(1, 1, 10, Some(0), Some(1), true),
+            cas(2, 2, 11, Some(2), Some(3), true),
+            cas(3, 3, 12, Some(1), Some(2), true),
+            read(4, 13, 14, Some(3)),
+        ];
+        assert_eq!(check(&history, Some(0)), Ok(Verdict::Linearizable));
+        // A compare-and-delete, and a failed CAS that read the deletion.
+        let history = [
+            write(1, 1, 2, 4),
+            cas(1, 3, 6, Some(4), None, true),
+            cas(2, 4, 7, Some(4), Some(5), false),
+            read(3, 8, 9, None),
+        ];
+        assert_linearizable(&history);
+    }
+
+    #[test]
+    fn indeterminate_cas_may_or_may_not_have_applied() {
+        let applied = [
+            write(1, 1, 2, 1),
+            indeterminate(2, Op::Cas { expected: Some(1), new: Some(2) }, 3),
+            read(3, 4, 5, Some(2)),
+        ];
+        assert_linearizable(&applied);
+        let not_applied = [
+            write(1, 1, 2, 1),
+            indeterminate(2, Op::Cas { expected: Some(1), new: Some(2) }, 3),
+            read(3, 4, 5, Some(1)),
+        ];
+        assert_linearizable(&not_applied);
+    }
+
+    #[test]
+    fn keys_are_checked_independently() {
+        let mut other_key = write(1, 2, 3, 9);
+        other_key.key = 1;
+        let history = [write(1, 1, 4, 1), other_key, read(2, 5, 6, Some(1))];
+        assert_linearizable(&history);
+    }
+
+    // Histories that are not linearizable.
+
+    #[test]
+    fn stale_read_is_not_linearizable() {
+        let history = [write(1, 1, 2, 1), write(1, 3, 4, 2), read(2, 5, 6, Some(1))];
+        let explanation = assert_not_linearizable(&history);
+        assert!(explanation.contains("#2 client 2 key 0: read -> 1"), "{explanation}");
+        assert!(explanation.contains("it returned 1 but the key holds 2"), "{explanation}");
+    }
+
+    #[test]
+    fn lost_write_is_not_linearizable() {
+        assert_not_linearizable(&[write(1, 1, 2, 1), read(2, 3, 4, None)]);
+    }
+
+    #[test]
+    fn read_of_a_value_never_written_is_not_linearizable() {
+        let explanation =
+            assert_not_linearizable(&[write(1, 1, 2, 1), read(2, 3, 6, Some(42)), read(3, 4, 5, Some(1))]);
+        assert!(explanation.contains("it returned 42 but the key holds 1"), "{explanation}");
+    }
+
+    #[test]
+    fn two_successful_cas_from_the_same_value_are_not_linearizable() {
+        let history = [
+            write(1, 1, 2, 1),
+            cas(1, 3, 4, Some(1), Some(2), true),
+            cas(2, 5, 6, Some(1), Some(3), true),
+        ];
+        let explanation = assert_not_linearizable(&history);
+        assert!(explanation.contains("needs the key to hold 1, but it holds 2"), "{explanation}");
+        // Concurrency does not rescue them: the first one's effect is visible.
+        let history = [
+            write(1, 1, 2, 1),
+            cas(1, 3, 6, Some(1), Some(2), true),
+            cas(2, 4, 7, Some(1), Some(3), true),
+        ];
+        assert_not_linearizable(&history);
+    }
+
+    #[test]
+    fn failed_cas_while_the_value_matched_is_not_linearizable() {
+        assert_not_linearizable(&[write(1, 1, 2, 1), cas(2, 3, 4, Some(1), Some(2), false)]);
+    }
+
+    #[test]
+    fn new_then_old_read_is_not_linearizable() {
+        // The second write is slow; one reader sees it, and a later reader
+        // sees the value before it.
+        let history = [
+            write(1, 1, 2, 1),
+            write(1, 3, 20, 2),
+            read(2, 4, 5, Some(2)),
+            read(3, 6, 7, Some(1)),
+        ];
+        assert_not_linearizable(&history);
+    }
+
+    #[test]
+    fn failed_write_that_is_read_is_not_linearizable() {
+        let history = [record(1, Op::Write(1), 1, 2, Outcome::Failed), read(2, 3, 4, Some(1))];
+        assert_not_linearizable(&history);
+        // The same write, merely indeterminate, is fine.
+        let history = [indeterminate(1, Op::Write(1), 1), read(2, 3, 4, Some(1))];
+        assert_linearizable(&history);
+    }
+
+    #[test]
+    fn read_after_delete_seeing_the_value_is_not_linearizable() {
+        assert_not_linearizable(&[write(1, 1, 2, 1), delete(1, 3, 4), read(2, 5, 6, Some(1))]);
+    }
+
+    #[test]
+    fn indeterminate_write_cannot_take_effect_before_its_invoke() {
+        assert_not_linearizable(&[read(2, 1, 2, Some(7)), indeterminate(1, Op::Write(7), 3)]);
+    }
+
+    #[test]
+    fn violation_on_one_key_is_reported_for_that_key() {
+        let mut stale = [write(1, 1, 2, 1), read(2, 3, 4, None)];
+        for operation in &mut stale {
+            operation.key = 5;
+        }
+        let history = [write(1, 1, 2, 3), read(2, 3, 4, Some(3)), stale[0], stale[1]];
+        match verdict(&history) {
+            Verdict::NotLinearizable { key, .. } => assert_eq!(key, 5),
+            other => panic!("expected a violation on key 5, got {other}"),
+        }
+    }
+
+    #[test]
+    fn explanation_shows_the_longest_prefix() {
+        let history = [
+            write(1, 1, 2, 1),
+            cas(1, 3, 4, Some(1), Some(2), true),
+            read(2, 5, 6, Some(2)),
+            read(2, 7, 8, Some(1)),
+        ];
+        let explanation = assert_not_linearizable(&history);
+        assert!(explanation.contains("has 3 of its 4 operations"), "{explanation}");
+        assert!(explanation.contains("3. #2 client 2"), "{explanation}");
+        assert!(explanation.contains("after that prefix the key holds 2"), "{explanation}");
+    }
+
+    // Malformed histories and bounds.
+
+    #[test]
+    fn completion_before_invoke_is_an_error() {
+        let history = [write(1, 1, 2, 1), write(1, 5, 4, 2)];
+        let error = check(&history, None).unwrap_err();
+        assert_eq!(error, HistoryError::CompletedBeforeInvoked { id: OpId(1), invoke: 5, complete: 4 });
+        assert!(error.to_string().contains("before its invoke"), "{error}");
+    }
+
+    #[test]
+    fn outcome_that_does_not_fit_the_operation_is_an_error() {
+        let history = [record(1, Op::Read, 1, 2, Outcome::Written)];
+        assert!(matches!(check(&history, None), Err(HistoryError::OutcomeMismatch { .. })));
+    }
+
+    #[test]
+    fn definite_outcome_without_completion_is_an_error() {
+        let mut missing = read(1, 1, 2, None);
+        missing.complete = None;
+        assert_eq!(check(&[missing], None), Err(HistoryError::MissingCompletion { id: OpId(0) }));
+    }
+
+    #[test]
+    fn builder_records_times_and_rejects_bad_completions() {
+        let mut history = History::new();
+        let write = history.invoke(1, KEY, Op::Write(5));
+        let read = history.invoke(2, KEY, Op::Read);
+        assert_eq!(history.complete(write, Outcome::Written), Ok(()));
+        assert_eq!(history.complete(read, Outcome::Read(Some(5))), Ok(()));
+        assert_eq!(history.operations()[write.index()].invoke, 0);
+        assert_eq!(history.operations()[read.index()].complete, Some(3));
+        assert_eq!(history.check(None), Ok(Verdict::Linearizable));
+
+        assert_eq!(
+            history.complete(OpId(9), Outcome::Written),
+            Err(HistoryError::UnknownOperation { id: OpId(9), operations: 2 })
+        );
+        assert_eq!(history.complete(write, Outcome::Written), Err(HistoryError::AlreadyCompleted { id: write }));
+        let pending = history.invoke_at(3, KEY, Op::Delete, 10);
+        assert!(matches!(history.complete(pending, Outcome::Cas(true)), Err(HistoryError::OutcomeMismatch { .. })));
+        assert!(matches!(
+            history.complete_at(pending, Outcome::Deleted, 9),
+            Err(HistoryError::CompletedBeforeInvoked { .. })
+        ));
+        // A pending operation is indeterminate, and the history stays valid.
+        assert_eq!(history.operations()[pending.index()].outcome, Outcome::Indeterminate);
+        assert_eq!(history.check(None), Ok(Verdict::Linearizable));
+        // The clock moved past the explicit time.
+        let later = history.invoke(1, KEY, Op::Read);
+        assert_eq!(history.operations()[later.index()].invoke, 11);
+    }
+
+    #[test]
+    fn history_types_are_serializable() {
+        fn assert_serde<T: Serialize + for<'de> Deserialize<'de>>() {}
+        assert_serde::<History>();
+        assert_serde::<Operation>();
+        assert_serde::<OpId>();
+    }
+
+    #[test]
+    fn exhausted_budget_gives_unknown() {
+        let history = generate_history(7, &Settings { operations: 200, ..Settings::default() });
+        let budget = SearchBudget { max_explored_states: 10, ..SearchBudget::default() };
+        let verdict = check_with_budget(&history, None, budget).unwrap();
+        assert!(matches!(&verdict, Verdict::Unknown { reason, .. } if reason.contains("max_explored_states")), "{verdict}");
+        let budget = SearchBudget { max_cache_bytes: 1_000, ..SearchBudget::default() };
+        let verdict = check_with_budget(&history, None, budget).unwrap();
+        assert!(matches!(&verdict, Verdict::Unknown { reason, .. } if reason.contains("max_cache_bytes")), "{verdict}");
+    }
+
+    #[test]
+    fn violation_outranks_unknown() {
+        // Key 0 needs a few states; key 1 is a stale read found at once.
+        let mut history = generate_history(3, &Settings { operations: 50, ..Settings::default() });
+        let mut stale = [write(1, 1, 2, 1), read(2, 3, 4, None)];
+        for operation in &mut stale {
+            operation.key = 1;
+        }
+        history.extend(stale);
+        let budget = SearchBudget { max_explored_states: 5, ..SearchBudget::default() };
+        let verdict = check_with_budget(&history, None, budget).unwrap();
+        assert!(matches!(verdict, Verdict::NotLinearizable { key: 1, .. }), "{verdict}");
+    }
+
+    #[test]
+    fn pathological_concurrency_stays_within_budget() {
+        // Many concurrent writes and one long read that sees none of the
+        // values: the search has to rule out every subset before failing.
+        let mut history: Vec<Operation> = (0..40).map(|value| write(value, 1, 100, value)).collect();
+        history.push(read(99, 101, 102, Some(1_000)));
+        let budget = SearchBudget { max_explored_states: 100_000, ..SearchBudget::default() };
+        let verdict = check_with_budget(&history, None, budget).unwrap();
+        assert!(matches!(verdict, Verdict::Unknown { key: KEY, .. }), "{verdict}");
+    }
+
+    // Randomized histories from real sequential executions.
+
+    /// SplitMix64, so that the tests need no dependency and are repeatable.
+    struct TestRng(u64);
+
+    impl TestRng {
+        fn next_u64(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            mix(self.0)
+        }
+
+        fn below(&mut self, bound: u64) -> u64 {
+            self.next_u64() % bound
+        }
+
+        fn percent(&mut self, chance_percent: u64) -> bool {
+            self.below(100) < chance_percent
+        }
+    }
+
+    struct Settings {
+        operations: usize,
+        clients: u64,
+        keys: u64,
+        failed_percent: u64,
+        indeterminate_percent: u64,
+    }
+
+    impl Default for Settings {
+        fn default() -> Self {
+            Settings { operations: 300, clients: 8, keys: 1, failed_percent: 3, indeterminate_percent: 3 }
+        }
+    }
+
+    #[derive(Clone, Copy)]
+    enum ClientPhase {
+        Idle,
+        Invoked(OpId),
+        Applied(OpId, Outcome),
+    }
+
+    /// Runs random operations against a real register per key, one event
+    /// at a time: clients invoke, operations take effect at some later
+    /// event, and complete at a later one still. Some fail without effect,
+    /// some become indeterminate before or after taking effect. The history
+    /// is linearizable by construction: the moments of effect are the order.
+    fn generate_history(seed: u64, settings: &Settings) -> Vec<Operation> {
+        let mut rng = TestRng(seed);
+        let mut history = History::new();
+        let mut registers = vec![None; settings.keys as usize];
+        let mut phases = vec![ClientPhase::Idle; settings.clients as usize];
+        let mut next_value = 1;
+        let mut invoked = 0;
+        while invoked < settings.operations || phases.iter().any(|p| !matches!(p, ClientPhase::Idle)) {
+            let client = rng.below(settings.clients);
+            let phase = &mut phases[client as usize];
+            *phase = match *phase {
+                ClientPhase::Idle if invoked < settings.operations => {
+                    invoked += 1;
+                    let key = rng.below(settings.keys);
+                    let op = random_op(&mut rng, registers[key as usize], &mut next_value);
+                    ClientPhase::Invoked(history.invoke(client, key, op))
+                }
+                ClientPhase::Idle => ClientPhase::Idle,
+                ClientPhase::Invoked(id) => {
+                    if rng.percent(settings.failed_percent) {
+                        history.complete(id, Outcome::Failed).unwrap();
+                        ClientPhase::Idle
+                    } else if rng.percent(settings.indeterminate_percent / 2) {
+                        history.complete(id, Outcome::Indeterminate).unwrap();
+                        ClientPhase::Idle
+                    } else {
+                        let operation = history.operations()[id.index()];
+                        let register = &mut registers[operation.key as usize];
+                        let outcome = take_effect(operation.op, register);
+                        ClientPhase::Applied(id, outcome)
+                    }
+                }
+                ClientPhase::Applied(id, outcome) => {
+                    let known = !rng.percent(settings.indeterminate_percent - settings.indeterminate_percent / 2);
+                    history.complete(id, if known { outcome } else { Outcome::Indeterminate }).unwrap();
+                    ClientPhase::Idle
+                }
+            };
+        }
+        history.into_operations()
+    }
+
+    fn random_op(rng: &mut TestRng, current: Option<u64>, next_value: &mut u64) -> Op {
+        match rng.below(100) {
+            0..=39 => Op::Read,
+            40..=69 => Op::Write(fresh_value(next_value)),
+            70..=94 => {
+                // Usually the value read last, which is often stale by the
+                // time the CAS takes effect; sometimes something else.
+                let expected = if rng.percent(70) {
+                    current
+                } else {
+                    Some(rng.below(*next_value + 1))
+                };
+                let new = if rng.percent(90) { Some(fresh_value(next_value)) } else { None };
+                Op::Cas { expected, new }
+            }
+            _ => Op::Delete,
+        }
+    }
+
+    /// A value never used before, so that reads tell writes apart.
+    fn fresh_value(next_value: &mut u64) -> u64 {
+        *next_value += 1;
+        *next_value
+    }
+
+    fn take_effect(op: Op, register: &mut Option<u64>) -> Outcome {
+        let before = *register;
+        *register = op.apply(before);
+        match op {
+            Op::Read => Outcome::Read(before),
+            Op::Write(_) => Outcome::Written,
+            Op::Cas { expected, .. } => Outcome::Cas(before == expected),
+            Op::Delete => Outcome::Deleted,
+        }
+    }
+
+    #[test]
+    fn random_histories_from_sequential_executions_are_linearizable() {
+        for seed in 0..20 {
+            let history = generate_history(seed, &Settings::default());
+            let verdict = verdict(&history);
+            assert_eq!(verdict, Verdict::Linearizable, "seed {seed}: {verdict}");
+        }
+    }
+
+    #[test]
+    fn random_multi_key_histories_are_linearizable() {
+        for seed in 0..10 {
+            let settings = Settings { operations: 500, keys: 5, ..Settings::default() };
+            let history = generate_history(seed, &settings);
+            let verdict = verdict(&history);
+            assert_eq!(verdict, Verdict::Linearizable, "seed {seed}: {verdict}");
+        }
+    }
+
+    #[test]
+    fn corrupted_random_histories_are_not_linearizable() {
+        for seed in 0..20 {
+            let mut history = generate_history(seed, &Settings::default());
+            // Make one read, late in the history, report a value nobody wrote.
+            let Some(read) = history
+                .iter_mut()
+                .rev()
+                .find(|operation| matches!(operation.outcome, Outcome::Read(_)))
+            else {
+                continue;
+            };
+            read.outcome = Outcome::Read(Some(u64::MAX));
+            let verdict = verdict(&history);
+            assert!(matches!(verdict, Verdict::NotLinearizable { .. }), "seed {seed}: {verdict}");
+        }
+    }
+
+    #[test]
+    fn two_thousand_operations_from_eight_clients_check_cheaply() {
+        let settings = Settings { operations: 2_000, ..Settings::default() };
+        for seed in 0..3 {
+            let history = generate_history(seed, &settings);
+            let operations = partition_by_key(&history).unwrap().remove(&KEY).unwrap();
+            let report = search_key(&operations, None, SearchBudget::default());
+            assert!(matches!(report.result, SearchResult::Linearizable), "seed {seed}");
+            // A correct history needs about one configuration per operation;
+            // the bound catches a search that lost its memoisation.
+            assert!(report.explored_states < 20 * 2_000, "seed {seed}: {}", report.explored_states);
+        }
+    }
+
+    #[test]
+    fn zz_diagnostics() {
+        for (operations, seeds) in [(300usize, 0..20u64), (2000, 0..5)] {
+            for seed in seeds {
+                let mut history = generate_history(seed, &Settings { operations, ..Settings::default() });
+                if let Some(read) = history.iter_mut().rev().find(|o| matches!(o.outcome, Outcome::Read(_))) { read.outcome = Outcome::Read(Some(u64::MAX)); }
+                let ops = partition_by_key(&history).unwrap().remove(&KEY).unwrap();
+                let start = std::time::Instant::now();
+                let report = search_key(&ops, None, SearchBudget::default());
+                let ok = match &report.result { SearchResult::Linearizable => "lin".to_string(), SearchResult::NotLinearizable(b) => format!("not best={}", b.operations.len()), SearchResult::Unknown(r) => r.clone() };
+                let indeterminate = ops.iter().filter(|o| o.is_indeterminate()).count();
+                eprintln!("n={operations} seed={seed} ops={} indet={indeterminate} ok={ok} states={} t={:?}", ops.len(), report.explored_states, start.elapsed());
+            }
+        }
+    }
+}
