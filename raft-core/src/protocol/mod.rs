@@ -44,6 +44,8 @@ mod ready;
 mod replication;
 mod rng;
 mod snapshot;
+#[cfg(test)]
+mod smoke_tests;
 mod transfer;
 
 use std::collections::{BTreeMap, VecDeque};

@@ -99,6 +99,9 @@ pub(crate) struct Progress {
     pub(crate) sent_commit: LogIndex,
     /// The follower's last log index as it last reported it.
     pub(crate) reported_last_index: LogIndex,
+    /// Ticks the in-flight window has gone without an acknowledgement. A
+    /// window that stalls (messages lost) sends the follower back to probing.
+    pub(crate) stalled_ticks: u64,
 }
 
 impl Progress {
@@ -113,10 +116,12 @@ impl Progress {
             lease_tick: None,
             sent_commit: LogIndex(0),
             reported_last_index: LogIndex(0),
+            stalled_ticks: 0,
         }
     }
 
     pub(crate) fn become_probe(&mut self) {
+        self.stalled_ticks = 0;
         self.state = ProgressState::Probe { paused: false };
         self.next_index = self.match_index.next();
         self.inflights.clear();
@@ -143,12 +148,24 @@ impl Progress {
         let updated = index > self.match_index;
         if updated {
             self.match_index = index;
+            self.stalled_ticks = 0;
         }
         if self.next_index <= index {
             self.next_index = index.next();
         }
         self.inflights.free_up_to(index);
         updated
+    }
+
+    /// Counts a tick; returns whether the in-flight window has stalled for
+    /// `stall_ticks` and the follower should be probed again.
+    pub(crate) fn tick_stalled(&mut self, stall_ticks: u64) -> bool {
+        if self.state != ProgressState::Replicate || self.inflights.count() == 0 {
+            self.stalled_ticks = 0;
+            return false;
+        }
+        self.stalled_ticks += 1;
+        self.stalled_ticks >= stall_ticks
     }
 
     /// Whether the leader may send entries now.

@@ -79,9 +79,24 @@ impl Engine {
         }
         self.tick_transfer();
         self.tick_snapshot_sends();
+        self.tick_stalled_windows();
         if self.heartbeat_elapsed >= self.config.heartbeat_interval_ticks {
             self.heartbeat_elapsed = 0;
             self.broadcast_heartbeat();
+        }
+    }
+
+    /// Sends followers whose pipelined messages went unanswered for half an
+    /// election timeout (lost on the way) back to probing, so the leader
+    /// finds where their logs end instead of waiting forever.
+    fn tick_stalled_windows(&mut self) {
+        let stall_ticks = (self.config.election_timeout_ticks / 2).max(2);
+        if let Some(state) = self.leader_state.as_deref_mut() {
+            for progress in state.progress.values_mut() {
+                if progress.tick_stalled(stall_ticks) {
+                    progress.become_probe();
+                }
+            }
         }
     }
 

@@ -25,20 +25,20 @@ impl Engine {
             return None;
         }
         let term = self.log.term(index)?;
-        Some(SnapshotMeta { last_index: index, last_term: term, membership: self.membership_at(index) })
+        Some(SnapshotMeta { last_index: index, last_term: term, membership: self.membership_at(index).1 })
     }
 
     /// The configuration in force at `index` (which must be at or after the
-    /// log's compaction point).
-    fn membership_at(&self, index: LogIndex) -> Membership {
+    /// log's compaction point), with the index of the entry that set it.
+    fn membership_at(&self, index: LogIndex) -> (LogIndex, Membership) {
         self.log
             .iter_range(self.log.first_index(), index)
             .rev()
             .find_map(|e| match &e.payload {
-                EntryPayload::Membership(m) => Some(m.clone()),
+                EntryPayload::Membership(m) => Some((e.index, m.clone())),
                 _ => None,
             })
-            .unwrap_or_else(|| self.base_membership.1.clone())
+            .unwrap_or_else(|| self.base_membership.clone())
     }
 
     /// Reports that the caller durably stored a snapshot of the state machine
@@ -61,9 +61,8 @@ impl Engine {
         self.snapshot = meta;
         let target = LogIndex(index.0.saturating_sub(self.config.snapshot_trailing_entries));
         if target > self.log.start_index() {
-            let membership = self.membership_at(target);
+            self.base_membership = self.membership_at(target);
             self.log.compact_to(target);
-            self.base_membership = (target, membership);
             self.compact_to_out = Some(target);
         }
         Ok(())

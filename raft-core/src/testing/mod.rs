@@ -1,0 +1,4 @@
+//! Test support (the `testing` feature): a hand-driven cluster of engines,
+//! the linearizability checker and the deterministic simulator.
+
+pub mod cluster;
