@@ -59,10 +59,16 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod local;
+pub mod memory;
 pub mod message;
 pub mod protocol;
+pub mod runtime;
+pub mod state_machine;
+pub mod storage;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod transport;
 pub mod types;
 
 pub use message::{Message, MessageBody};

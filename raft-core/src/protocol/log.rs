@@ -41,10 +41,6 @@ impl RaftLog {
         self.start_index
     }
 
-    pub(crate) fn start_term(&self) -> Term {
-        self.start_term
-    }
-
     /// The first index held in memory (may be past `last_index` when empty).
     pub(crate) fn first_index(&self) -> LogIndex {
         self.start_index.next()

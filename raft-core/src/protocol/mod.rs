@@ -179,6 +179,8 @@ pub struct PeerStatus {
     pub recent_active: bool,
     /// AppendEntries messages in flight.
     pub inflight_messages: usize,
+    /// Payload bytes in flight.
+    pub inflight_bytes: u64,
 }
 
 /// A plain snapshot of the engine's state.
@@ -405,8 +407,15 @@ impl Engine {
             if entry.index != log.last_index().next() {
                 return Err(RestoreError::Gap { after: log.last_index() });
             }
-            if entry.term < log.last_term() || entry.term > state.hard_state.term {
+            if entry.term > state.hard_state.term {
                 return Err(RestoreError::BadTerm { index: entry.index, term: entry.term });
+            }
+            if entry.term < log.last_term() {
+                // Entries older than the snapshot's term that follow it can
+                // only be an uncommitted suffix left behind by a crash between
+                // installing a received snapshot and rewriting the log: the
+                // snapshot's leader replaced them. Drop them.
+                break;
             }
             log.append(entry);
         }
@@ -520,6 +529,12 @@ impl Engine {
         self.log.last_index()
     }
 
+    /// On a leader: whether an entry of its term is committed, so that its
+    /// commit index is current (reads and membership changes wait for it).
+    pub fn committed_in_term(&self) -> bool {
+        self.leader_state.as_deref().is_some_and(|s| s.committed_in_term)
+    }
+
     /// The configuration in force.
     pub fn membership(&self) -> &Membership {
         &self.membership
@@ -574,6 +589,7 @@ impl Engine {
                         state: p.state_name(),
                         recent_active: p.recent_active,
                         inflight_messages: p.inflights.count(),
+                        inflight_bytes: p.inflights.bytes(),
                     })
                     .collect()
             })

@@ -3,5 +3,6 @@
 
 mod interaction;
 mod paper;
+mod runtime;
 mod simulation;
 mod tidy;

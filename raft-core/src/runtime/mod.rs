@@ -1,0 +1,303 @@
+//! The tokio runtime: drives one [`Engine`] against a [`LogStore`], a
+//! [`SnapshotStore`], a [`StateMachine`] and a [`Transport`].
+//!
+//! Three tasks share the work:
+//! - the **driver** owns the engine. It waits for any input (a client
+//!   command, a message, a tick, a completion), drains every other input
+//!   already queued (so one `ready()` covers a whole batch of proposals),
+//!   and dispatches the batch: messages to the transport, writes to the
+//!   storage task, committed entries to the apply task;
+//! - the **storage task** executes writes one after another, merging those
+//!   already queued into one durable write (group commit), and reports each
+//!   back so the engine can send the acknowledgements it held;
+//! - the **apply task** applies committed entries, answers reads and builds
+//!   snapshots, so a slow state machine never delays heartbeats.
+//!
+//! [`RaftNode`] is the cloneable handle clients use.
+
+mod apply;
+mod driver;
+mod error;
+mod storage;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+pub use error::{ClientError, StartError};
+
+use crate::message::Message;
+use crate::protocol::{Config, Engine, MembershipChange};
+use crate::state_machine::StateMachine;
+use crate::storage::{LogStore, SnapshotStore};
+use crate::transport::Transport;
+use crate::types::{ClientRequestId, LogIndex, Membership, NodeId, Role, SnapshotMeta, Term};
+
+/// When the runtime takes a snapshot of the state machine.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotPolicy {
+    /// Take a snapshot once the engine holds more than this many log entries
+    /// (this also bounds the engine's memory).
+    pub max_log_entries: u64,
+}
+
+impl Default for SnapshotPolicy {
+    fn default() -> Self {
+        SnapshotPolicy { max_log_entries: 50_000 }
+    }
+}
+
+/// Settings of one runtime.
+#[derive(Clone, Debug)]
+pub struct RuntimeConfig {
+    /// The engine's settings.
+    pub engine: Config,
+    /// Real time per engine tick. With the engine's defaults (10-tick
+    /// election timeout, 1-tick heartbeat), 15 ms gives 150–300 ms election
+    /// timeouts and 15 ms heartbeats.
+    pub tick_interval: Duration,
+    /// The most client commands queued for the driver; past it, callers wait.
+    pub max_queued_commands: usize,
+    /// The most messages queued from the transport; past it, messages are dropped.
+    pub inbox_capacity: usize,
+    /// The most inputs the driver handles before producing one batch.
+    pub max_inputs_per_batch: usize,
+    /// When to take snapshots.
+    pub snapshot_policy: SnapshotPolicy,
+    /// How long a client request may wait before failing with a timeout.
+    pub request_timeout: Duration,
+}
+
+impl RuntimeConfig {
+    /// Defaults for node `id`.
+    pub fn new(id: NodeId) -> Self {
+        RuntimeConfig {
+            engine: Config::new(id),
+            tick_interval: Duration::from_millis(15),
+            max_queued_commands: 65_536,
+            inbox_capacity: 65_536,
+            max_inputs_per_batch: 4_096,
+            snapshot_policy: SnapshotPolicy::default(),
+            request_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// How a read is served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadConsistency {
+    /// Linearizable, confirmed by a quorum (ReadIndex).
+    Linearizable,
+    /// Linearizable while the leader's lease holds (needs `lease_reads`).
+    Lease,
+    /// From this node's state machine as it is, possibly stale.
+    Stale,
+}
+
+/// The outcome of a committed proposal.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Committed {
+    /// The term of the entry.
+    pub term: Term,
+    /// Its index.
+    pub index: LogIndex,
+    /// The state machine's response.
+    pub response: Bytes,
+}
+
+/// What observers see of a node; published on every change of role, term or
+/// leader and at least once per tick.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeStatus {
+    /// This node.
+    pub id: NodeId,
+    /// Its role (`None` before the first batch).
+    pub role: Option<Role>,
+    /// Its term.
+    pub term: Term,
+    /// The leader it knows of.
+    pub leader: NodeId,
+    /// The commit index.
+    pub commit_index: LogIndex,
+    /// The applied index.
+    pub applied_index: LogIndex,
+    /// The last log index.
+    pub last_index: LogIndex,
+    /// The latest snapshot's index.
+    pub snapshot_index: LogIndex,
+    /// The configuration in force.
+    pub membership: Membership,
+    /// On a leader: each peer's match index.
+    pub peers: Vec<(NodeId, LogIndex)>,
+    /// Set once the node stopped, with the reason if it failed.
+    pub stopped: Option<String>,
+}
+
+/// A client request for the driver.
+#[derive(Debug)]
+enum Command {
+    Propose {
+        data: Bytes,
+        client: Option<ClientRequestId>,
+        reply: oneshot::Sender<Result<Committed, ClientError>>,
+    },
+    Read {
+        query: Bytes,
+        consistency: ReadConsistency,
+        reply: oneshot::Sender<Result<Bytes, ClientError>>,
+    },
+    ChangeMembership {
+        change: MembershipChange,
+        reply: oneshot::Sender<Result<Committed, ClientError>>,
+    },
+    TransferLeadership {
+        target: NodeId,
+        reply: oneshot::Sender<Result<(), ClientError>>,
+    },
+    TriggerSnapshot {
+        reply: oneshot::Sender<Result<SnapshotMeta, ClientError>>,
+    },
+    Campaign,
+    Shutdown,
+}
+
+/// How a node starts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StartMode {
+    /// Restart from whatever the stores hold (an empty store joins a cluster
+    /// when a leader adds it).
+    Restart,
+    /// Bootstrap a new cluster with this membership; refused if the stores
+    /// already hold state.
+    Bootstrap(Membership),
+}
+
+/// The pluggable parts a runtime runs against.
+pub struct Parts {
+    /// The durable log.
+    pub log_store: Arc<dyn LogStore>,
+    /// Snapshot files.
+    pub snapshot_store: Arc<dyn SnapshotStore>,
+    /// The replicated state machine.
+    pub state_machine: Box<dyn StateMachine>,
+    /// Outgoing messages.
+    pub transport: Arc<dyn Transport>,
+    /// Incoming messages (the receiving end of the transport's [`crate::transport::Inbox`]).
+    pub inbox: mpsc::Receiver<Message>,
+}
+
+/// A cloneable handle to a running node.
+#[derive(Clone, Debug)]
+pub struct RaftNode {
+    id: NodeId,
+    commands: mpsc::Sender<Command>,
+    status: watch::Receiver<NodeStatus>,
+    driver: Arc<tokio::sync::Mutex<Option<JoinHandle<()>>>>,
+    request_timeout: Duration,
+}
+
+impl RaftNode {
+    /// Starts a node: reads the stores, restores the state machine from the
+    /// latest snapshot, and spawns the driver, storage and apply tasks on the
+    /// current tokio runtime.
+    pub async fn start(config: RuntimeConfig, mode: StartMode, parts: Parts) -> Result<RaftNode, StartError> {
+        let id = config.engine.id;
+        let request_timeout = config.request_timeout;
+        let (commands, command_receiver) = mpsc::channel(config.max_queued_commands.max(1));
+        let initial = NodeStatus { id, ..NodeStatus::default() };
+        let (status_sender, status) = watch::channel(initial);
+        let driver = driver::Driver::start(config, mode, parts, command_receiver, status_sender).await?;
+        let handle = tokio::spawn(driver.run());
+        Ok(RaftNode {
+            id,
+            commands,
+            status,
+            driver: Arc::new(tokio::sync::Mutex::new(Some(handle))),
+            request_timeout,
+        })
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// Proposes a command; resolves once it is committed and applied here,
+    /// with the state machine's response.
+    pub async fn propose(&self, data: Bytes, client: Option<ClientRequestId>) -> Result<Committed, ClientError> {
+        self.request(|reply| Command::Propose { data, client, reply }).await
+    }
+
+    /// Reads through the state machine's `query` with the given consistency.
+    pub async fn read(&self, query: Bytes, consistency: ReadConsistency) -> Result<Bytes, ClientError> {
+        self.request(|reply| Command::Read { query, consistency, reply }).await
+    }
+
+    /// Changes the membership; resolves once the change is committed (for a
+    /// joint change: once the joint configuration is committed; the leader
+    /// then moves to the final one by itself).
+    pub async fn change_membership(&self, change: MembershipChange) -> Result<Committed, ClientError> {
+        self.request(|reply| Command::ChangeMembership { change, reply }).await
+    }
+
+    /// Hands leadership to `target`; resolves once this node sent TimeoutNow
+    /// and stepped down, or fails.
+    pub async fn transfer_leadership(&self, target: NodeId) -> Result<(), ClientError> {
+        self.request(|reply| Command::TransferLeadership { target, reply }).await
+    }
+
+    /// Takes a snapshot now.
+    pub async fn trigger_snapshot(&self) -> Result<SnapshotMeta, ClientError> {
+        self.request(|reply| Command::TriggerSnapshot { reply }).await
+    }
+
+    /// Starts an election now (tests and operators).
+    pub async fn campaign(&self) -> Result<(), ClientError> {
+        self.commands.send(Command::Campaign).await.map_err(|_| ClientError::Shutdown)
+    }
+
+    /// A watch of the node's status.
+    pub fn status(&self) -> watch::Receiver<NodeStatus> {
+        self.status.clone()
+    }
+
+    /// Stops the node: pending requests fail, queued writes finish.
+    pub async fn shutdown(&self) {
+        let _ = self.commands.send(Command::Shutdown).await;
+        if let Some(handle) = self.driver.lock().await.take() {
+            let _ = handle.await;
+        }
+    }
+
+    async fn request<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, ClientError>>) -> Command,
+    ) -> Result<T, ClientError> {
+        let (reply, response) = oneshot::channel();
+        self.commands.send(make(reply)).await.map_err(|_| ClientError::Shutdown)?;
+        match tokio::time::timeout(self.request_timeout, response).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(ClientError::Shutdown),
+            Err(_) => Err(ClientError::Timeout),
+        }
+    }
+}
+
+/// Builds an engine from the stores' durable state.
+async fn restore_engine(config: &RuntimeConfig, mode: &StartMode, log_store: &dyn LogStore) -> Result<Engine, StartError> {
+    let state = log_store.read_state().await?;
+    match mode {
+        StartMode::Restart => Ok(Engine::restore(config.engine.clone(), state)?),
+        StartMode::Bootstrap(membership) => {
+            let empty = state.hard_state.term == Term(0) && state.entries.is_empty() && state.snapshot.is_none();
+            if !empty {
+                let last_index = state.entries.last().map_or(LogIndex(0), |e| e.index);
+                return Err(StartError::AlreadyInitialized { term: state.hard_state.term, last_index });
+            }
+            Ok(Engine::bootstrap(config.engine.clone(), membership.clone())?)
+        }
+    }
+}

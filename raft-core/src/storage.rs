@@ -1,0 +1,159 @@
+//! The storage traits: a durable log with hard state ([`LogStore`]) and a
+//! store of snapshot files ([`SnapshotStore`]).
+//!
+//! Only raft-core defines these traits; storage crates implement them. Every
+//! implementation must pass the conformance suite in
+//! `raft_core::testing::storage_suite` (feature `testing`).
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::protocol::RestoredState;
+use crate::types::{Entry, HardState, LogIndex, SnapshotMeta};
+
+/// Why a storage operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StorageError {
+    /// The operating system reported an error.
+    #[error("storage I/O failed: {0}")]
+    Io(#[from] std::io::Error),
+    /// The stored data is damaged (checksum mismatch, torn write, bad
+    /// encoding). The store refuses to serve it.
+    #[error("storage is corrupt: {0}")]
+    Corrupt(String),
+    /// The store was written by a newer release.
+    #[error("storage format version {found} is newer than this release supports ({supported})")]
+    UnsupportedVersion {
+        /// The version found on disk.
+        found: u32,
+        /// The newest version this release reads.
+        supported: u32,
+    },
+    /// The requested entries were compacted away.
+    #[error("entries from {from} were compacted (the log starts after {start})")]
+    Compacted {
+        /// The first index asked for.
+        from: LogIndex,
+        /// The compaction point.
+        start: LogIndex,
+    },
+    /// The requested snapshot does not exist (any more).
+    #[error("snapshot at index {0} not found")]
+    SnapshotNotFound(LogIndex),
+    /// A snapshot chunk arrived at the wrong offset.
+    #[error("snapshot chunk at offset {offset}, expected {expected}")]
+    ChunkOutOfOrder {
+        /// The chunk's offset.
+        offset: u64,
+        /// The offset the writer expected.
+        expected: u64,
+    },
+    /// The store was closed.
+    #[error("storage is closed")]
+    Closed,
+    /// Any other failure of the backend, described.
+    #[error("storage backend failed: {0}")]
+    Backend(String),
+}
+
+/// One atomic write to the log store.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LogWrite {
+    /// A snapshot, already complete and durable in the snapshot store, that
+    /// replaces the log: record it as the current snapshot and discard every
+    /// stored entry (the entries kept after it arrive in `entries`).
+    pub install_snapshot: Option<SnapshotMeta>,
+    /// Entries to append, consecutive. Any stored entry at or after the first
+    /// one's index is discarded first.
+    pub entries: Vec<Entry>,
+    /// The hard state to record.
+    pub hard_state: Option<HardState>,
+    /// Whether the write must be durable when `write` returns. It is false
+    /// only when nothing but the commit index moved.
+    pub sync: bool,
+}
+
+impl LogWrite {
+    /// Whether the write carries nothing.
+    pub fn is_empty(&self) -> bool {
+        self.install_snapshot.is_none() && self.entries.is_empty() && self.hard_state.is_none()
+    }
+}
+
+/// The durable log: entries, hard state and the current snapshot's metadata.
+///
+/// Contract:
+/// - `write` is atomic: after a crash, either all of it or none of it is
+///   visible. With `sync`, it is durable when the call returns. Writes are
+///   issued one at a time, in order.
+/// - `read_state` returns exactly what was durably written: a write that
+///   returned with `sync` is never lost; corruption is reported as
+///   [`StorageError::Corrupt`], never served.
+/// - `compact` may run at any time after the snapshot covering it is current;
+///   it never removes entries after the current snapshot's index.
+/// - Implementations bound their memory: they do not keep the log in memory.
+#[async_trait]
+pub trait LogStore: Send + Sync + 'static {
+    /// Reads the state to restart from: the hard state, the current snapshot's
+    /// metadata, and the entries after the snapshot.
+    async fn read_state(&self) -> Result<RestoredState, StorageError>;
+
+    /// Writes one batch atomically (see the trait's contract).
+    async fn write(&self, write: LogWrite) -> Result<(), StorageError>;
+
+    /// Records a snapshot created locally (already durable in the snapshot
+    /// store) as the current one.
+    async fn set_snapshot(&self, meta: SnapshotMeta) -> Result<(), StorageError>;
+
+    /// Removes entries up to and including `up_to`.
+    async fn compact(&self, up_to: LogIndex) -> Result<(), StorageError>;
+
+    /// Reads the entries in `from ..= to` (fewer if the log ends before `to`).
+    async fn entries(&self, from: LogIndex, to: LogIndex) -> Result<Vec<Entry>, StorageError>;
+}
+
+/// Snapshot files: written in chunks, read in chunks, never whole in memory.
+///
+/// Contract:
+/// - A writer's data becomes visible only when `finish` returns; a snapshot
+///   abandoned before (dropped writer, crash) leaves no trace once the store
+///   is reopened.
+/// - `open` of a finished snapshot keeps working until a newer one is
+///   finished and `retain` no longer names it.
+#[async_trait]
+pub trait SnapshotStore: Send + Sync + 'static {
+    /// Starts a new snapshot.
+    async fn create(&self, meta: SnapshotMeta) -> Result<Box<dyn SnapshotWriter>, StorageError>;
+
+    /// Opens the finished snapshot whose last index is `index`.
+    async fn open(&self, index: LogIndex) -> Result<Box<dyn SnapshotReader>, StorageError>;
+
+    /// The newest finished snapshot's metadata.
+    async fn latest(&self) -> Result<Option<SnapshotMeta>, StorageError>;
+
+    /// Deletes finished snapshots older than `keep_from` (still-open readers
+    /// may keep working, at the implementation's choice).
+    async fn retain(&self, keep_from: LogIndex) -> Result<(), StorageError>;
+}
+
+/// Writes one snapshot, chunk by chunk.
+#[async_trait]
+pub trait SnapshotWriter: Send {
+    /// Appends bytes.
+    async fn write(&mut self, chunk: Bytes) -> Result<(), StorageError>;
+
+    /// Makes the snapshot durable and visible; returns its size in bytes.
+    async fn finish(self: Box<Self>) -> Result<u64, StorageError>;
+}
+
+/// Reads one snapshot, chunk by chunk.
+#[async_trait]
+pub trait SnapshotReader: Send {
+    /// The snapshot's metadata.
+    fn meta(&self) -> &SnapshotMeta;
+
+    /// Reads up to `max_bytes` at `offset`; returns the bytes and whether
+    /// they reach the end of the snapshot.
+    async fn read_at(&mut self, offset: u64, max_bytes: u64) -> Result<(Bytes, bool), StorageError>;
+}
