@@ -177,3 +177,34 @@ impl SnapshotReader for MemorySnapshotReader {
         Ok((self.data.slice(start as usize..end as usize), end == length))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::storage_suite::{run_log_store_suite, run_snapshot_store_suite, StoreFactory};
+
+    /// Reopening an in-memory store hands back the same shared state.
+    struct MemoryFactory;
+
+    #[async_trait]
+    impl StoreFactory for MemoryFactory {
+        async fn create_log_store(&mut self) -> Arc<dyn LogStore> {
+            Arc::new(MemoryLogStore::new())
+        }
+        async fn reopen_log_store(&mut self, store: Arc<dyn LogStore>) -> Arc<dyn LogStore> {
+            store
+        }
+        async fn create_snapshot_store(&mut self) -> Arc<dyn SnapshotStore> {
+            Arc::new(MemorySnapshotStore::new())
+        }
+        async fn reopen_snapshot_store(&mut self, store: Arc<dyn SnapshotStore>) -> Arc<dyn SnapshotStore> {
+            store
+        }
+    }
+
+    #[tokio::test]
+    async fn memory_stores_pass_the_conformance_suite() {
+        run_log_store_suite(&mut MemoryFactory).await;
+        run_snapshot_store_suite(&mut MemoryFactory).await;
+    }
+}

@@ -2,3 +2,4 @@
 //! the linearizability checker and the deterministic simulator.
 
 pub mod cluster;
+pub mod storage_suite;
