@@ -98,10 +98,13 @@ impl LogStore for MemoryLogStore {
     }
 }
 
+/// Finished snapshots by last index.
+type SnapshotMap = BTreeMap<LogIndex, (SnapshotMeta, Bytes)>;
+
 /// A snapshot store in memory.
 #[derive(Debug, Default, Clone)]
 pub struct MemorySnapshotStore {
-    snapshots: Arc<Mutex<BTreeMap<LogIndex, (SnapshotMeta, Bytes)>>>,
+    snapshots: Arc<Mutex<SnapshotMap>>,
 }
 
 impl MemorySnapshotStore {
@@ -110,7 +113,7 @@ impl MemorySnapshotStore {
         Self::default()
     }
 
-    fn lock(&self) -> Result<MutexGuard<'_, BTreeMap<LogIndex, (SnapshotMeta, Bytes)>>, StorageError> {
+    fn lock(&self) -> Result<MutexGuard<'_, SnapshotMap>, StorageError> {
         self.snapshots.lock().map_err(|_| StorageError::Backend("the store's lock is poisoned".into()))
     }
 }
@@ -178,33 +181,5 @@ impl SnapshotReader for MemorySnapshotReader {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::testing::storage_suite::{run_log_store_suite, run_snapshot_store_suite, StoreFactory};
-
-    /// Reopening an in-memory store hands back the same shared state.
-    struct MemoryFactory;
-
-    #[async_trait]
-    impl StoreFactory for MemoryFactory {
-        async fn create_log_store(&mut self) -> Arc<dyn LogStore> {
-            Arc::new(MemoryLogStore::new())
-        }
-        async fn reopen_log_store(&mut self, store: Arc<dyn LogStore>) -> Arc<dyn LogStore> {
-            store
-        }
-        async fn create_snapshot_store(&mut self) -> Arc<dyn SnapshotStore> {
-            Arc::new(MemorySnapshotStore::new())
-        }
-        async fn reopen_snapshot_store(&mut self, store: Arc<dyn SnapshotStore>) -> Arc<dyn SnapshotStore> {
-            store
-        }
-    }
-
-    #[tokio::test]
-    async fn memory_stores_pass_the_conformance_suite() {
-        run_log_store_suite(&mut MemoryFactory).await;
-        run_snapshot_store_suite(&mut MemoryFactory).await;
-    }
-}
+// The conformance suite runs against these stores in the doctest of
+// `crate::testing::storage_suite`.

@@ -33,13 +33,12 @@ impl Engine {
         if self.commit > last {
             return fail(format!("commit {} past last index {last}", self.commit));
         }
-        if !(self.applied <= self.handed_out && self.handed_out <= self.commit.max(self.snapshot.last_index)) {
-            if !self.bug(|b| b.apply_before_commit) {
-                return fail(format!(
-                    "applied {} / handed out {} / commit {} out of order",
-                    self.applied, self.handed_out, self.commit
-                ));
-            }
+        let apply_order = self.applied <= self.handed_out && self.handed_out <= self.commit.max(self.snapshot.last_index);
+        if !apply_order && !self.bug(|b| b.apply_before_commit) {
+            return fail(format!(
+                "applied {} / handed out {} / commit {} out of order",
+                self.applied, self.handed_out, self.commit
+            ));
         }
         if self.persisted_index > last {
             return fail(format!("persisted {} past last index {last}", self.persisted_index));

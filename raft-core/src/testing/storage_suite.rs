@@ -3,9 +3,36 @@
 //! A store crate runs it from its own tests with a factory that creates an
 //! empty store and reopens it "after a restart":
 //!
-//! ```ignore
-//! raft_core::testing::storage_suite::run_log_store_suite(&mut MyFactory::new()).await;
-//! raft_core::testing::storage_suite::run_snapshot_store_suite(&mut MyFactory::new()).await;
+//! ```
+//! use std::sync::Arc;
+//! use async_trait::async_trait;
+//! use raft_core::memory::{MemoryLogStore, MemorySnapshotStore};
+//! use raft_core::storage::{LogStore, SnapshotStore};
+//! use raft_core::testing::storage_suite::{run_log_store_suite, run_snapshot_store_suite, StoreFactory};
+//!
+//! /// In-memory stores "survive" a restart by handing back the same object.
+//! struct MemoryFactory;
+//!
+//! #[async_trait]
+//! impl StoreFactory for MemoryFactory {
+//!     async fn create_log_store(&mut self) -> Arc<dyn LogStore> {
+//!         Arc::new(MemoryLogStore::new())
+//!     }
+//!     async fn reopen_log_store(&mut self, store: Arc<dyn LogStore>) -> Arc<dyn LogStore> {
+//!         store
+//!     }
+//!     async fn create_snapshot_store(&mut self) -> Arc<dyn SnapshotStore> {
+//!         Arc::new(MemorySnapshotStore::new())
+//!     }
+//!     async fn reopen_snapshot_store(&mut self, store: Arc<dyn SnapshotStore>) -> Arc<dyn SnapshotStore> {
+//!         store
+//!     }
+//! }
+//!
+//! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+//! run_log_store_suite(&mut MemoryFactory).await;
+//! run_snapshot_store_suite(&mut MemoryFactory).await;
+//! # });
 //! ```
 //!
 //! Each check panics with a message naming the contract it found broken.
