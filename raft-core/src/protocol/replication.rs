@@ -247,7 +247,23 @@ impl Engine {
             MessageBody::RequestVote(request) => {
                 self.handle_request_vote(&Message { body: MessageBody::TimeoutNow, ..message }, &request);
             }
+            // A leader's log only grows during its term, so no follower can
+            // hold more of it than it has; such an ack would corrupt progress.
+            MessageBody::AppendEntriesResponse(response)
+                if tracked && response.success && response.index > self.log.last_index() =>
+            {
+                self.stats.protocol_violations += 1;
+                return Err(StepError::ProtocolViolation { from, reason: "acknowledges entries past the leader's log" });
+            }
             MessageBody::AppendEntriesResponse(response) if tracked => self.handle_append_response(from, &response),
+            // Rounds only come from this leader's heartbeats; echoing a round
+            // not yet started would confirm reads that arrive later.
+            MessageBody::HeartbeatResponse(response)
+                if tracked && response.read_round > self.leader_state.as_deref().map_or(0, |s| s.read_round) =>
+            {
+                self.stats.protocol_violations += 1;
+                return Err(StepError::ProtocolViolation { from, reason: "confirms a read round not yet started" });
+            }
             MessageBody::HeartbeatResponse(response) if tracked => self.handle_heartbeat_response(from, &response),
             MessageBody::InstallSnapshotResponse(response) if tracked => {
                 self.handle_snapshot_response(from, &response)
@@ -405,7 +421,9 @@ impl Engine {
                 };
                 self.append_as_leader(EntryPayload::Membership(next));
             } else if !self.membership.is_voter(self.config.id) {
-                // This leader removed itself; hand over quickly, then step down.
+                // This leader removed itself: tell the followers the final
+                // commit index, hand over quickly, then step down.
+                self.leader_prepare_ready();
                 self.hand_over_before_leaving();
                 self.become_follower(self.term, NodeId::NONE);
             }
@@ -467,12 +485,23 @@ impl Engine {
             self.respond_append(from, false, prev, conflict_index, conflict_term);
             return Ok(());
         }
-        let mut first_new = append.entries.len();
+        // Check the whole batch before touching the log: the matching loop
+        // below stops at the first new entry, and appending a gap or a term
+        // going backwards would corrupt the log.
+        let mut previous_term = append.prev_log_term;
         for (position, entry) in append.entries.iter().enumerate() {
             if entry.index != LogIndex(prev.0 + 1 + position as u64) {
                 self.stats.protocol_violations += 1;
                 return Err(StepError::ProtocolViolation { from, reason: "entries are not consecutive" });
             }
+            if entry.term < previous_term || entry.term > self.term {
+                self.stats.protocol_violations += 1;
+                return Err(StepError::ProtocolViolation { from, reason: "entry term out of order" });
+            }
+            previous_term = entry.term;
+        }
+        let mut first_new = append.entries.len();
+        for (position, entry) in append.entries.iter().enumerate() {
             match self.log.term(entry.index) {
                 Some(term) if term == entry.term => continue,
                 Some(_) if entry.index <= self.commit => {

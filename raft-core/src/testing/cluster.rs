@@ -352,4 +352,26 @@ impl Cluster {
         }
         Ok(())
     }
+
+    /// Adds a node running `engine` (bootstrapped, restored or empty), with
+    /// an empty disk. For tests that configure each node themselves.
+    pub fn add_node(&mut self, id: NodeId, engine: Engine) {
+        self.insert(id, engine);
+    }
+
+    /// Restarts a crashed node from its disk with `config` instead of the
+    /// cluster's configuration function.
+    pub fn restart_with_config(&mut self, id: NodeId, config: Config) -> Result<(), crate::protocol::RestoreError> {
+        let Some(node) = self.nodes.get_mut(&id) else {
+            return Ok(());
+        };
+        node.engine = Engine::restore(config, node.disk.restored_state())?;
+        node.state_machine = match &node.disk.snapshot {
+            Some((meta, data)) => RecordingStateMachine::restore(data, meta.last_index),
+            None => RecordingStateMachine::default(),
+        };
+        node.waiting_reads.clear();
+        node.down = false;
+        Ok(())
+    }
 }
