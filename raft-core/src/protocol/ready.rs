@@ -44,8 +44,10 @@ pub struct Ready {
     pub entries: Vec<Entry>,
     /// Hard state to persist, if it changed.
     pub hard_state: Option<HardState>,
-    /// Set when any of the four fields above is non-empty: the id to report to
-    /// [`super::Engine::persisted`] once they are durable.
+    /// Set when the four fields above must be made durable (synced): the id
+    /// to report to [`super::Engine::persisted`] once they are. It is `None`
+    /// when the batch writes nothing or only moves the commit index in
+    /// `hard_state`, which may then be written without a sync.
     pub persist_id: Option<PersistId>,
     /// Committed entries to apply, in order, consecutive.
     pub committed_entries: Vec<Entry>,

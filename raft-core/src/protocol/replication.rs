@@ -119,9 +119,8 @@ impl Engine {
             state.pending_reads.push_back(read);
         }
         for (id, progress) in state.progress.iter_mut() {
-            if let ProgressState::Probe { paused } = &mut progress.state {
-                *paused = false;
-            }
+            // A paused probe resumes when the follower answers this heartbeat,
+            // not now: a dead follower must not get a full append every beat.
             self.messages.push(Message {
                 from: self.config.id,
                 to: *id,
@@ -470,13 +469,27 @@ impl Engine {
     }
 
     fn handle_append_entries(&mut self, from: NodeId, append: AppendEntries) -> Result<(), StepError> {
-        let prev = append.prev_log_index;
-        if prev < self.commit {
-            // Everything up to the commit index matches the leader already.
-            let index = self.commit;
-            self.respond_append(from, true, index, LogIndex(0), None);
-            return Ok(());
+        let mut append = append;
+        if append.prev_log_index < self.commit {
+            // Everything up to the commit index matches the leader already:
+            // skip the entries it covers and go on from there, so a repeated
+            // or reordered message still delivers what lies past it.
+            let covered = (self.commit.0 - append.prev_log_index.0) as usize;
+            if append.entries.len() <= covered {
+                let index = self.commit;
+                self.respond_append(from, true, index, LogIndex(0), None);
+                return Ok(());
+            }
+            let at_commit = &append.entries[covered - 1];
+            if Some(at_commit.term) != self.log.term(self.commit) || at_commit.index != self.commit {
+                self.stats.protocol_violations += 1;
+                return Err(StepError::ProtocolViolation { from, reason: "contradicts a committed entry" });
+            }
+            append.prev_log_index = self.commit;
+            append.prev_log_term = at_commit.term;
+            append.entries.drain(..covered);
         }
+        let prev = append.prev_log_index;
         if !self.log.matches(prev, append.prev_log_term) {
             let (conflict_index, conflict_term) = match self.log.term(prev) {
                 None => (self.log.last_index().next().min(prev), None),
