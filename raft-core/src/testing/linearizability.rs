@@ -84,13 +84,14 @@
 //! assert_eq!(history.check(None)?, Verdict::Linearizable);
 //! ```
 
-use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, HashMap};
+mod search;
+
+use std::collections::BTreeMap;
 use std::fmt::{self, Write as _};
-use std::hash::{BuildHasherDefault, Hasher};
-use std::mem::size_of;
 
 use serde::{Deserialize, Serialize};
+
+use search::{search_key, BestPrefix, SearchResult};
 
 /// The default for [`SearchBudget::max_explored_states`]. A history from a
 /// correct store explores about one configuration per operation, so ten
@@ -598,6 +599,41 @@ fn step(before: Option<u64>, op: Op, outcome: Outcome) -> Option<Option<u64>> {
     consistent.then(|| op.apply(before))
 }
 
+/// Whether `op`'s effect ignores the value before it. The search uses this
+/// to skip indeterminate operations whose effect nothing could observe (see
+/// the `search` module); a new kind of operation must be classified here.
+fn is_blind(op: Op) -> bool {
+    match op {
+        Op::Write(_) | Op::Delete => true,
+        Op::Read | Op::Cas { .. } => false,
+    }
+}
+
+/// The values that `op` with `outcome` compares the key against: a read's
+/// result and a compare-and-set's expected value. Every other value is only
+/// ever stored, and the search treats all such values as one.
+fn observed_values(op: Op, outcome: Outcome) -> [Option<u64>; 2] {
+    let read = match outcome {
+        Outcome::Read(observed) => observed,
+        _ => None,
+    };
+    let expected = match op {
+        Op::Cas { expected, .. } => expected,
+        Op::Read | Op::Write(_) | Op::Delete => None,
+    };
+    [read, expected]
+}
+
+/// `op` with every value it stores (not the ones it compares against)
+/// passed through `map`.
+fn map_written_values(op: Op, map: impl Fn(u64) -> u64) -> Op {
+    match op {
+        Op::Write(value) => Op::Write(map(value)),
+        Op::Cas { expected, new } => Op::Cas { expected, new: new.map(map) },
+        Op::Read | Op::Delete => op,
+    }
+}
+
 /// Why `op` with `outcome` cannot take effect when the key holds `state`,
 /// in words, for explanations.
 fn mismatch_reason(op: Op, outcome: Outcome, state: Option<u64>) -> String {
@@ -614,362 +650,6 @@ fn mismatch_reason(op: Op, outcome: Outcome, state: Option<u64>) -> String {
             format!("it failed, but the key holds {state}, the value it expected")
         }
         _ => format!("its outcome is impossible when the key holds {state}"),
-    }
-}
-
-/// How one key's search ended.
-enum SearchResult {
-    Linearizable,
-    NotLinearizable(BestPrefix),
-    Unknown(String),
-}
-
-/// A search's result and how much work it took (for tests of its cost).
-struct SearchReport {
-    result: SearchResult,
-    explored_states: u64,
-}
-
-fn search_key(
-    operations: &[KeyOperation],
-    initial: Option<u64>,
-    budget: SearchBudget,
-) -> SearchReport {
-    let mut search = Search::new(operations, initial, budget);
-    let result = search.run();
-    SearchReport { result, explored_states: search.cache.configurations }
-}
-
-/// One choice on the search stack: the operation linearized, and the
-/// register's value before it, to restore on backtracking.
-#[derive(Clone, Copy)]
-struct Frame {
-    operation: usize,
-    state_before: Option<u64>,
-}
-
-/// The state of one key's Wing–Gong–Lowe search.
-///
-/// Events live in one arena: node `2 * i` is the call of operation `i`,
-/// node `2 * i + 1` its return (never linked for indeterminate operations),
-/// and node `2 * n` is the sentinel that heads and ends the circular list.
-struct Search<'a> {
-    operations: &'a [KeyOperation],
-    next: Vec<usize>,
-    previous: Vec<usize>,
-    sentinel: usize,
-    /// Bitset of the linearized operations.
-    linearized: Vec<u64>,
-    /// Zobrist hash of `linearized`: the XOR of one random word per member,
-    /// updated in O(1) on every lift and backtrack.
-    linearized_hash: u64,
-    state: Option<u64>,
-    stack: Vec<Frame>,
-    /// Determinate operations not yet linearized; the search succeeds at 0.
-    remaining_determinate: usize,
-    cache: Cache,
-    best: BestPrefix,
-    budget: SearchBudget,
-}
-
-impl<'a> Search<'a> {
-    fn new(operations: &'a [KeyOperation], initial: Option<u64>, budget: SearchBudget) -> Self {
-        let sentinel = 2 * operations.len();
-        let mut search = Search {
-            operations,
-            next: vec![sentinel; sentinel + 1],
-            previous: vec![sentinel; sentinel + 1],
-            sentinel,
-            linearized: vec![0; operations.len().div_ceil(64)],
-            linearized_hash: 0,
-            state: initial,
-            stack: Vec::new(),
-            remaining_determinate: operations.iter().filter(|o| !o.is_indeterminate()).count(),
-            cache: Cache::default(),
-            best: BestPrefix { operations: Vec::new(), state: initial, stable_depth: 0 },
-            budget,
-        };
-        search.link_events();
-        search
-    }
-
-    /// Builds the event list in time order, calls before returns at equal
-    /// times because touching operations are concurrent, not ordered.
-    fn link_events(&mut self) {
-        let mut events: Vec<(u64, bool, usize)> = Vec::with_capacity(self.sentinel);
-        for (position, operation) in self.operations.iter().enumerate() {
-            events.push((operation.invoke, false, 2 * position));
-            if let Some(complete) = operation.complete {
-                events.push((complete, true, 2 * position + 1));
-            }
-        }
-        events.sort_unstable();
-        let mut last = self.sentinel;
-        for &(_, _, node) in &events {
-            self.next[last] = node;
-            self.previous[node] = last;
-            last = node;
-        }
-        self.next[last] = self.sentinel;
-        self.previous[self.sentinel] = last;
-    }
-
-    fn run(&mut self) -> SearchResult {
-        let mut entry = self.next[self.sentinel];
-        loop {
-            if self.remaining_determinate == 0 {
-                return SearchResult::Linearizable;
-            }
-            if let Some(reason) = self.budget_exhausted() {
-                return SearchResult::Unknown(reason);
-            }
-            if entry != self.sentinel && entry % 2 == 0 {
-                entry = if self.try_lift(entry / 2) {
-                    self.next[self.sentinel]
-                } else {
-                    self.next[entry]
-                };
-                continue;
-            }
-            // A return event: its operation had to take effect by now, and
-            // no candidate before it could be placed, so undo the last
-            // choice. The list's end is only reachable with nothing
-            // determinate left, but it is handled the same way to be safe.
-            match self.backtrack() {
-                Some(call) => entry = self.next[call],
-                None => {
-                    return SearchResult::NotLinearizable(std::mem::take(&mut self.best));
-                }
-            }
-        }
-    }
-
-    fn budget_exhausted(&self) -> Option<String> {
-        if self.cache.configurations >= self.budget.max_explored_states {
-            return Some(format!(
-                "explored {} configurations, the budget's max_explored_states, without deciding",
-                self.cache.configurations
-            ));
-        }
-        if self.cache.bytes > self.budget.max_cache_bytes {
-            return Some(format!(
-                "the cache of explored configurations grew to about {} bytes, over the budget's \
-                 max_cache_bytes of {}, after {} configurations",
-                self.cache.bytes, self.budget.max_cache_bytes, self.cache.configurations
-            ));
-        }
-        None
-    }
-
-    /// Linearizes `operation` next if the model accepts it and the resulting
-    /// configuration is new; returns whether it did.
-    fn try_lift(&mut self, operation: usize) -> bool {
-        let record = self.operations[operation];
-        let Some(after) = step(self.state, record.op, record.outcome) else {
-            return false;
-        };
-        if record.is_indeterminate() && after == self.state {
-            // Without an effect here it is equivalent to placing it at the
-            // end, which leaving it unlinearized already covers.
-            return false;
-        }
-        self.toggle(operation);
-        if !self.cache.insert(&self.linearized, self.linearized_hash, after) {
-            self.toggle(operation);
-            return false;
-        }
-        self.stack.push(Frame { operation, state_before: self.state });
-        self.state = after;
-        self.unlink(2 * operation);
-        if !record.is_indeterminate() {
-            self.unlink(2 * operation + 1);
-            self.remaining_determinate -= 1;
-        }
-        self.best.observe(&self.stack, after);
-        true
-    }
-
-    /// Undoes the last lift; returns the call node of the operation undone,
-    /// or `None` if there was nothing to undo.
-    fn backtrack(&mut self) -> Option<usize> {
-        let frame = self.stack.pop()?;
-        let operation = frame.operation;
-        // Relink in the reverse order of unlinking, as dancing links need.
-        if !self.operations[operation].is_indeterminate() {
-            self.relink(2 * operation + 1);
-            self.remaining_determinate += 1;
-        }
-        self.relink(2 * operation);
-        self.toggle(operation);
-        self.state = frame.state_before;
-        self.best.note_pop(self.stack.len());
-        Some(2 * operation)
-    }
-
-    fn toggle(&mut self, operation: usize) {
-        self.linearized[operation / 64] ^= 1 << (operation % 64);
-        self.linearized_hash ^= zobrist(operation as u64);
-    }
-
-    fn unlink(&mut self, node: usize) {
-        let (previous, next) = (self.previous[node], self.next[node]);
-        self.next[previous] = next;
-        self.previous[next] = previous;
-    }
-
-    fn relink(&mut self, node: usize) {
-        let (previous, next) = (self.previous[node], self.next[node]);
-        self.next[previous] = node;
-        self.previous[next] = node;
-    }
-}
-
-/// The deepest stack the search reached, kept for the explanation.
-#[derive(Default)]
-struct BestPrefix {
-    /// Positions (in the key's sub-history) in linearization order.
-    operations: Vec<usize>,
-    /// The register's value after them.
-    state: Option<u64>,
-    /// How much of the current stack is known to equal `operations`: the
-    /// lowest depth popped to since the last copy. Copying only above it
-    /// makes the bookkeeping cost at most one copy per lift overall.
-    stable_depth: usize,
-}
-
-impl BestPrefix {
-    fn observe(&mut self, stack: &[Frame], state: Option<u64>) {
-        if stack.len() <= self.operations.len() {
-            return;
-        }
-        self.operations.truncate(self.stable_depth);
-        self.operations.extend(stack[self.stable_depth..].iter().map(|f| f.operation));
-        self.state = state;
-        self.stable_depth = stack.len();
-    }
-
-    fn note_pop(&mut self, depth: usize) {
-        self.stable_depth = self.stable_depth.min(depth);
-    }
-}
-
-/// A configuration already explored. The bitset is stored without its
-/// leading all-ones words and trailing all-zero words: the operations long
-/// finished are all linearized and those far ahead none, so only a window
-/// around the concurrent ones needs memory.
-struct Configuration {
-    state: Option<u64>,
-    full_words: usize,
-    words: Box<[u64]>,
-}
-
-impl Configuration {
-    fn new(bits: &[u64], state: Option<u64>) -> Self {
-        let full_words = bits.iter().take_while(|word| **word == u64::MAX).count();
-        let rest = &bits[full_words..];
-        let used = rest.iter().rposition(|word| *word != 0).map_or(0, |last| last + 1);
-        Configuration { state, full_words, words: rest[..used].into() }
-    }
-
-    fn heap_bytes(&self) -> u64 {
-        (self.words.len() * size_of::<u64>()) as u64
-    }
-
-    fn matches(&self, bits: &[u64], state: Option<u64>) -> bool {
-        let (full, rest) = bits.split_at(self.full_words.min(bits.len()));
-        let (window, tail) = rest.split_at(self.words.len().min(rest.len()));
-        self.state == state
-            && full.iter().all(|word| *word == u64::MAX)
-            && *window == *self.words
-            && tail.iter().all(|word| *word == 0)
-    }
-}
-
-/// A bucket of the cache: almost always one configuration, so the first is
-/// stored inline and only hash collisions allocate.
-struct Bucket {
-    first: Configuration,
-    others: Vec<Configuration>,
-}
-
-/// The set of explored configurations, keyed by a 64-bit hash that is
-/// already uniformly distributed (Zobrist), so the map does not rehash it.
-#[derive(Default)]
-struct Cache {
-    buckets: HashMap<u64, Bucket, BuildHasherDefault<PassThroughHasher>>,
-    configurations: u64,
-    /// Approximate memory held: entries plus their bitset windows.
-    bytes: u64,
-}
-
-impl Cache {
-    /// Adds the configuration; returns false if it was already present.
-    fn insert(&mut self, bits: &[u64], bits_hash: u64, state: Option<u64>) -> bool {
-        let hash = bits_hash ^ state_hash(state);
-        match self.buckets.entry(hash) {
-            Entry::Occupied(mut occupied) => {
-                let bucket = occupied.get_mut();
-                let known = bucket.first.matches(bits, state)
-                    || bucket.others.iter().any(|other| other.matches(bits, state));
-                if known {
-                    return false;
-                }
-                let configuration = Configuration::new(bits, state);
-                self.bytes += configuration.heap_bytes() + size_of::<Configuration>() as u64;
-                bucket.others.push(configuration);
-            }
-            Entry::Vacant(vacant) => {
-                let first = Configuration::new(bits, state);
-                // The map keeps up to twice its entries' worth of slots,
-                // plus a control byte each.
-                self.bytes += first.heap_bytes() + 2 * (size_of::<(u64, Bucket)>() as u64 + 1);
-                vacant.insert(Bucket { first, others: Vec::new() });
-            }
-        };
-        self.configurations += 1;
-        true
-    }
-}
-
-/// A hasher for keys that are already well-mixed 64-bit hashes.
-#[derive(Default)]
-struct PassThroughHasher(u64);
-
-impl Hasher for PassThroughHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        // Only `write_u64` is used for our keys; mix anything else anyway.
-        for &byte in bytes {
-            self.0 = mix(self.0 ^ u64::from(byte));
-        }
-    }
-
-    fn write_u64(&mut self, value: u64) {
-        self.0 = value;
-    }
-}
-
-/// The SplitMix64 finaliser: a bijection that spreads every input bit over
-/// the whole output.
-fn mix(value: u64) -> u64 {
-    let mut z = value.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-/// The random word of operation `position` in the Zobrist hash of a set.
-fn zobrist(position: u64) -> u64 {
-    mix(position ^ 0x5A0B_0B15_7A5E_ED00)
-}
-
-fn state_hash(state: Option<u64>) -> u64 {
-    match state {
-        None => mix(0xAB5E_47AB_5E47_AB5E),
-        Some(value) => mix(value ^ 0x7E55_E7E5_5E7E_55E7),
     }
 }
 
@@ -1035,29 +715,39 @@ fn explain(
             None => format!("{}", OpId(index)),
         }
     };
+    // Replayed here because the search works on placeholder values.
+    let state = best.operations.iter().fold(initial, |state, &position| {
+        operations[position].op.apply(state)
+    });
     let mut text = String::new();
     let shown_from = best.operations.len().saturating_sub(EXPLANATION_PREFIX_OPERATIONS_MAX);
+    let hidden = if shown_from > 0 {
+        format!(" (the first {shown_from} are not shown)")
+    } else {
+        String::new()
+    };
     let _ = writeln!(
         text,
-        "the key starts {}; the longest linearizable prefix found has {} of its {} operations{}",
+        "the key starts {}; the longest linearizable prefix found has {} of its {} operations{hidden}",
         Value(initial),
         best.operations.len(),
         operations.len(),
-        if shown_from > 0 { format!(" (the first {shown_from} are not shown)") } else { String::new() }
     );
     for (position, &operation) in best.operations.iter().enumerate().skip(shown_from) {
         let _ = writeln!(text, "  {}. {}", position + 1, describe(operation));
     }
-    let _ = writeln!(text, "after that prefix the key holds {}", Value(best.state));
-    write_candidates(&mut text, operations, best, &describe);
+    let _ = writeln!(text, "after that prefix the key holds {}", Value(state));
+    write_candidates(&mut text, operations, best, state, &describe);
     text
 }
 
-/// The part of an explanation about the operations that could be next.
+/// The part of an explanation about the operations that could come after
+/// the longest prefix, when the key holds `state`.
 fn write_candidates(
     text: &mut String,
     operations: &[KeyOperation],
     best: &BestPrefix,
+    state: Option<u64>,
     describe: &dyn Fn(usize) -> String,
 ) {
     let mut linearized = vec![false; operations.len()];
@@ -1065,22 +755,24 @@ fn write_candidates(
         linearized[operation] = true;
     }
     let pending = || (0..operations.len()).filter(|&position| !linearized[position]);
-    // The earliest completion among the determinate operations left: each
-    // must take effect by then, and nothing invoked later may precede it.
-    let Some(deadline) = pending().filter_map(|position| operations[position].complete).min() else {
+    // The earliest completion among the determinate operations left: that
+    // operation must take effect by then, and nothing invoked later may
+    // come before it.
+    let Some(deadline) = pending().filter_map(|position| operations[position].complete).min()
+    else {
         return;
     };
     let _ = writeln!(
         text,
-        "no operation can be linearized next; an operation left must take effect by time {deadline}, \
-         and the candidates (those invoked by then) are:"
+        "no order of the remaining operations follows: one must take effect by time {deadline}, \
+         and the candidates to come next (those invoked by then) are:"
     );
     let candidates: Vec<usize> =
         pending().filter(|&position| operations[position].invoke <= deadline).collect();
     for &position in candidates.iter().take(EXPLANATION_CANDIDATES_MAX) {
         let operation = operations[position];
-        let why = match step(best.state, operation.op, operation.outcome) {
-            None => mismatch_reason(operation.op, operation.outcome, best.state),
+        let why = match step(state, operation.op, operation.outcome) {
+            None => mismatch_reason(operation.op, operation.outcome, state),
             Some(_) if operation.is_indeterminate() => {
                 "it may take effect here, but no order of the rest follows from that".to_string()
             }
@@ -1496,7 +1188,10 @@ mod tests {
     impl TestRng {
         fn next_u64(&mut self) -> u64 {
             self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            mix(self.0)
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
         }
 
         fn below(&mut self, bound: u64) -> u64 {
@@ -1663,19 +1358,163 @@ mod tests {
         }
     }
 
+    /// The definition of linearizability, checked by brute force for tiny
+    /// histories: try every operation allowed next by real time, with
+    /// indeterminate ones optional, memoising only exact (set, value)
+    /// pairs. It shares nothing with the search but the model's `step`.
+    fn reference_linearizable(history: &[Operation], initial: Option<u64>) -> bool {
+        let operations: Vec<&Operation> =
+            history.iter().filter(|o| o.outcome != Outcome::Failed).collect();
+        let determinate = |o: &Operation| o.outcome != Outcome::Indeterminate;
+        let mut failed = std::collections::HashSet::new();
+        fn explore(
+            done: u32,
+            state: Option<u64>,
+            operations: &[&Operation],
+            determinate: &dyn Fn(&Operation) -> bool,
+            failed: &mut std::collections::HashSet<(u32, Option<u64>)>,
+        ) -> bool {
+            let pending = |i: usize| done & (1 << i) == 0;
+            if (0..operations.len()).all(|i| !pending(i) || !determinate(operations[i])) {
+                return true;
+            }
+            if failed.contains(&(done, state)) {
+                return false;
+            }
+            for (i, candidate) in operations.iter().enumerate() {
+                let blocked = (0..operations.len()).any(|j| {
+                    pending(j)
+                        && determinate(operations[j])
+                        && operations[j].complete.is_some_and(|c| c < candidate.invoke)
+                });
+                if !pending(i) || blocked {
+                    continue;
+                }
+                if let Some(after) = step(state, candidate.op, candidate.outcome) {
+                    if explore(done | (1 << i), after, operations, determinate, failed) {
+                        return true;
+                    }
+                }
+            }
+            failed.insert((done, state));
+            false
+        }
+        explore(0, initial, &operations, &determinate, &mut failed)
+    }
+
+    /// A tiny random history over few values, so that values repeat: either
+    /// a real execution, or operations with random outcomes (mostly not
+    /// linearizable). Many outcomes are indeterminate.
+    fn tiny_history(rng: &mut TestRng) -> Vec<Operation> {
+        let values = 1 + rng.below(2);
+        let value = |rng: &mut TestRng| {
+            if rng.percent(20) { None } else { Some(1 + rng.below(values)) }
+        };
+        let mut register = None;
+        let real = rng.percent(50);
+        let count = 1 + rng.below(std::env::var("TINY_MAX").ok().and_then(|v| v.parse().ok()).unwrap_or(12));
+        let mut history = Vec::new();
+        for client in 0..count {
+            let op = match rng.below(10) {
+                0..=2 => Op::Read,
+                3..=4 => Op::Write(1 + rng.below(values)),
+                5..=8 => Op::Cas { expected: value(rng), new: value(rng) },
+                _ => Op::Delete,
+            };
+            let invoke = rng.below(12);
+            let complete = invoke + rng.below(6);
+            let outcome = if real {
+                // Real executions take effect in client order, within
+                // windows that overlap at random.
+                take_effect(op, &mut register)
+            } else {
+                match op {
+                    Op::Read => Outcome::Read(value(rng)),
+                    Op::Write(_) => Outcome::Written,
+                    Op::Cas { .. } => Outcome::Cas(rng.percent(50)),
+                    Op::Delete => Outcome::Deleted,
+                }
+            };
+            let outcome = match rng.below(100) {
+                0..=34 => Outcome::Indeterminate,
+                35..=39 => Outcome::Failed,
+                _ => outcome,
+            };
+            history.push(Operation { client, key: KEY, op, invoke, complete: Some(complete), outcome });
+        }
+        if real {
+            // Give the real execution consistent times: each operation's
+            // window contains its moment of effect, which is its index.
+            for (moment, operation) in history.iter_mut().enumerate() {
+                let moment = 10 * moment as u64 + 5;
+                operation.invoke = moment.saturating_sub(rng.below(25));
+                operation.complete = Some(moment + rng.below(25));
+            }
+        }
+        history
+    }
+
+    #[test]
+    fn search_agrees_with_brute_force_on_tiny_histories() {
+        let mut rng = TestRng(42);
+        let cases: u64 = std::env::var("CROSS_CHECK_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(3_000);
+        let mut linearizable = 0;
+        for case in 0..cases {
+            let history = tiny_history(&mut rng);
+            let initial = if rng.percent(50) { None } else { Some(1) };
+            let expected = reference_linearizable(&history, initial);
+            let verdict = check(&history, initial).expect("tiny histories are valid");
+            linearizable += u64::from(expected);
+            assert_eq!(verdict.is_linearizable(), expected, "case {case}: {verdict}\n{history:#?}\ninitial {initial:?}");
+        }
+        // Both kinds must be well represented for the comparison to mean much.
+        assert!(linearizable > cases / 5 && linearizable < cases * 4 / 5, "{linearizable} of {cases}");
+    }
+
+    #[test]
+    fn zz_shrink() {
+        let Ok(target) = std::env::var("SHRINK_CASE") else { return };
+        let target: u64 = target.parse().unwrap();
+        let mut rng = TestRng(42);
+        let mut found = None;
+        for case in 0..=target {
+            let history = tiny_history(&mut rng);
+            let initial = if rng.percent(50) { None } else { Some(1) };
+            if case == target { found = Some((history, initial)); }
+        }
+        let (mut history, initial) = found.unwrap();
+        let disagrees = |h: &[Operation]| reference_linearizable(h, initial) != check(h, initial).unwrap().is_linearizable();
+        assert!(disagrees(&history));
+        loop {
+            let mut shrunk = false;
+            for i in 0..history.len() {
+                let mut smaller = history.clone();
+                smaller.remove(i);
+                if disagrees(&smaller) { history = smaller; shrunk = true; break; }
+            }
+            if !shrunk { break; }
+        }
+        eprintln!("initial {initial:?} reference {}", reference_linearizable(&history, initial));
+        for (i, o) in history.iter().enumerate() { eprintln!("#{i} {o}"); }
+        eprintln!("{}", check(&history, initial).unwrap());
+    }
+
     #[test]
     fn zz_diagnostics() {
-        for (operations, seeds) in [(300usize, 0..20u64), (2000, 0..5)] {
-            for seed in seeds {
-                let mut history = generate_history(seed, &Settings { operations, ..Settings::default() });
+        let corrupt = std::env::var("CORRUPT").is_ok();
+        let operations: usize = std::env::var("OPS").ok().and_then(|v| v.parse().ok()).unwrap_or(300);
+        let indeterminate_percent: u64 = std::env::var("INDET").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+        for seed in 0..5 {
+            let mut history = generate_history(seed, &Settings { operations, indeterminate_percent, ..Settings::default() });
+            if corrupt {
                 if let Some(read) = history.iter_mut().rev().find(|o| matches!(o.outcome, Outcome::Read(_))) { read.outcome = Outcome::Read(Some(u64::MAX)); }
-                let ops = partition_by_key(&history).unwrap().remove(&KEY).unwrap();
-                let start = std::time::Instant::now();
-                let report = search_key(&ops, None, SearchBudget::default());
-                let ok = match &report.result { SearchResult::Linearizable => "lin".to_string(), SearchResult::NotLinearizable(b) => format!("not best={}", b.operations.len()), SearchResult::Unknown(r) => r.clone() };
-                let indeterminate = ops.iter().filter(|o| o.is_indeterminate()).count();
-                eprintln!("n={operations} seed={seed} ops={} indet={indeterminate} ok={ok} states={} t={:?}", ops.len(), report.explored_states, start.elapsed());
             }
+            let ops = partition_by_key(&history).unwrap().remove(&KEY).unwrap();
+            let start = std::time::Instant::now();
+            let report = search_key(&ops, None, SearchBudget::default());
+            let ok = match &report.result { SearchResult::Linearizable => "lin".to_string(), SearchResult::NotLinearizable(b) => format!("not best={}", b.operations.len()), SearchResult::Unknown(r) => r.clone() };
+            let indeterminate = ops.iter().filter(|o| o.is_indeterminate()).count();
+            eprintln!("n={operations} seed={seed} ops={} indet={indeterminate} ok={ok} states={} t={:?}", ops.len(), report.explored_states, start.elapsed());
         }
     }
 }

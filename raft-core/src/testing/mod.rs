@@ -2,4 +2,6 @@
 //! the linearizability checker and the deterministic simulator.
 
 pub mod cluster;
+pub mod linearizability;
+pub mod sim;
 pub mod storage_suite;
