@@ -1,0 +1,9 @@
+//! The crate's integration tests, in one binary (see `DEPENDENCIES.md`:
+//! each test binary costs a link of the whole stack).
+
+mod conformance;
+mod corruption;
+mod crash;
+mod runtime;
+mod snapshots;
+mod support;
