@@ -49,6 +49,10 @@ pub enum StorageError {
         /// The offset the writer expected.
         expected: u64,
     },
+    /// The caller broke the write contract (for example entries that do not
+    /// follow one another or leave a gap after the stored log).
+    #[error("invalid write: {0}")]
+    InvalidWrite(String),
     /// The store was closed.
     #[error("storage is closed")]
     Closed,

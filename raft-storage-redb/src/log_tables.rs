@@ -224,7 +224,7 @@ pub(crate) fn write(database: &Database, write: &LogWrite, two_phase: bool) -> R
 fn check_consecutive(entries: &[Entry]) -> Result<(), StorageError> {
     for pair in entries.windows(2) {
         if pair[1].index != pair[0].index.next() {
-            return Err(StorageError::Backend(format!(
+            return Err(StorageError::InvalidWrite(format!(
                 "refusing a write whose entries are not consecutive ({} follows {})",
                 pair[1].index, pair[0].index
             )));
@@ -244,7 +244,7 @@ fn truncate_from(
         table.last().map_err(|error| redb_error("reading the log", error))?.map(|(key, _)| key.value());
     let next_expected = last_stored.unwrap_or(snapshot_index).max(snapshot_index).saturating_add(1);
     if first_new > next_expected {
-        return Err(StorageError::Backend(format!(
+        return Err(StorageError::InvalidWrite(format!(
             "refusing to append entry {first_new}: the log ends at {}, so it would leave a gap",
             next_expected - 1
         )));

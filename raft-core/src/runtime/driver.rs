@@ -57,6 +57,9 @@ pub(super) struct Driver {
     parked_changes: Vec<(MembershipChange, Waiter)>,
     stopped: Option<String>,
     shutting_down: bool,
+    /// The storage and apply tasks: shutdown waits for them, so the stores
+    /// are released (and may be reopened) when it returns.
+    helper_tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Driver {
@@ -77,7 +80,7 @@ impl Driver {
         let (events_sender, events) = mpsc::unbounded_channel();
         let (storage_jobs, storage_receiver) = mpsc::unbounded_channel();
         let (apply_jobs, apply_receiver) = mpsc::unbounded_channel();
-        tokio::spawn(
+        let storage_task = tokio::spawn(
             StorageTask {
                 log_store,
                 snapshot_store: Arc::clone(&snapshot_store),
@@ -86,7 +89,7 @@ impl Driver {
             }
             .run(),
         );
-        tokio::spawn(
+        let apply_task = tokio::spawn(
             ApplyTask {
                 state_machine,
                 snapshot_store: Arc::clone(&snapshot_store),
@@ -121,6 +124,7 @@ impl Driver {
             parked_changes: Vec::new(),
             stopped: None,
             shutting_down: false,
+            helper_tasks: vec![storage_task, apply_task],
         })
     }
 
@@ -147,6 +151,13 @@ impl Driver {
             self.retry_parked_changes();
         }
         self.stop();
+        // Closing the job queues ends the helper tasks once they finished
+        // what was queued (queued writes complete); wait for them.
+        let helper_tasks = std::mem::take(&mut self.helper_tasks);
+        drop(self);
+        for task in helper_tasks {
+            let _ = task.await;
+        }
     }
 
     /// Takes every input already queued, up to the batch bound, so that one

@@ -106,8 +106,13 @@ impl StorageTask {
                 for chunk in chunks {
                     self.write_chunk(chunk, receiving).await?;
                 }
+                let installed = write.install_snapshot.as_ref().map(|meta| meta.last_index);
                 if !write.is_empty() {
                     self.log_store.write(write).await?;
+                }
+                if let Some(index) = installed {
+                    // The installed snapshot replaces every older one.
+                    self.snapshot_store.retain(index).await?;
                 }
                 if let Some(id) = persist_id {
                     let _ = self.events.send(super::driver::Event::Storage(StorageEvent::Persisted(id)));

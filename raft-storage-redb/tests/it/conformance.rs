@@ -43,9 +43,9 @@ async fn a_write_that_would_leave_a_gap_is_refused() {
     let store = open_log(&directory.path().join("log.redb")).await;
     store.write(write(vec![entry(1, 1, 10), entry(2, 1, 10)], None)).await.unwrap();
     let gap = store.write(write(vec![entry(4, 1, 10)], None)).await;
-    assert!(matches!(gap, Err(StorageError::Backend(message)) if message.contains("gap")));
+    assert!(matches!(gap, Err(StorageError::InvalidWrite(message)) if message.contains("gap")));
     let holes = store.write(write(vec![entry(3, 1, 10), entry(5, 1, 10)], None)).await;
-    assert!(matches!(holes, Err(StorageError::Backend(message)) if message.contains("consecutive")));
+    assert!(matches!(holes, Err(StorageError::InvalidWrite(message)) if message.contains("consecutive")));
     assert_eq!(store.read_state().await.unwrap().entries.len(), 2, "a refused write changes nothing");
 }
 

@@ -80,24 +80,13 @@ impl SnapshotSource for OneChunk {
     }
 }
 
-/// Opens a node's stores, waiting for the previous run to let go of them:
-/// `RaftNode::shutdown` returns once the driver ends, while the storage task
-/// that holds the log store ends a moment later, and redb allows one open
-/// handle per file.
+/// Opens a node's stores. `RaftNode::shutdown` returns only once the
+/// storage task released them, so a restart can reopen them at once (redb
+/// allows one open handle per file).
 async fn open_when_released(
     directory: &std::path::Path,
 ) -> (raft_storage_redb::RedbLogStore, raft_storage_redb::RedbSnapshotStore) {
-    let mut attempts = 0;
-    loop {
-        match raft_storage_redb::open_stores(directory).await {
-            Ok(stores) => return stores,
-            Err(error) if attempts < 250 && error.to_string().contains("already open") => {
-                attempts += 1;
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Err(error) => panic!("open the stores: {error}"),
-        }
-    }
+    raft_storage_redb::open_stores(directory).await.expect("the stores reopen right after shutdown")
 }
 
 struct Cluster {
