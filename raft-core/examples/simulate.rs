@@ -240,7 +240,10 @@ fn run_batch(arguments: &Arguments, count: u64, bugs: InjectedBugs) -> bool {
                         totals.operations += report.operations as u64;
                     }
                     Err(violation) => {
-                        println!("seed {seed} FAILED: {violation}\n  replay: {}", replay_command(arguments, seed));
+                        println!(
+                            "seed {seed} FAILED: {violation}\n  replay: {}",
+                            replay_command(arguments, seed)
+                        );
                         totals.failures.push((seed, violation));
                     }
                 }

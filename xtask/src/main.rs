@@ -56,7 +56,18 @@ fn simulate(arguments: &[String]) -> ExitCode {
     let mut command = Command::new(cargo);
     command
         .current_dir(workspace_root())
-        .args(["run", "--quiet", "--release", "-p", "raft-core", "--features", "testing", "--example", "simulate", "--"])
+        .args([
+            "run",
+            "--quiet",
+            "--release",
+            "-p",
+            "raft-core",
+            "--features",
+            "testing",
+            "--example",
+            "simulate",
+            "--",
+        ])
         .args(arguments);
     run(command)
 }

@@ -196,6 +196,13 @@ impl Engine {
             self.incoming_snapshot = None;
             return respond(self, 0, true);
         }
+        if self.pending_install.as_ref().is_some_and(|installing| *installing != chunk.snapshot) {
+            // The next batch installs another snapshot. Storage writes a
+            // batch's chunks before its install, so a chunk of this snapshot
+            // in the same batch would replace the bytes being installed: ask
+            // the leader to resend it after that batch.
+            return respond(self, 0, false);
+        }
         let expected = match &self.incoming_snapshot {
             Some(incoming) if incoming.snapshot == chunk.snapshot => incoming.next_offset,
             _ => 0,

@@ -147,7 +147,10 @@ impl SafetyChecker {
         let mut record = self.running.get(&id).copied().unwrap_or_default();
         let (term, commit) = (engine.term(), engine.commit_index());
         if term < record.term {
-            return Err(self.violation(Property::Monotonicity, format!("node {id}: term went from {} back to {term}", record.term)));
+            return Err(self.violation(
+                Property::Monotonicity,
+                format!("node {id}: term went from {} back to {term}", record.term),
+            ));
         }
         if commit < record.commit {
             return Err(self.violation(
@@ -192,7 +195,12 @@ impl SafetyChecker {
         Ok(())
     }
 
-    fn check_leader_holds(&self, engine: &Engine, index: LogIndex, entry: CommittedEntry) -> Result<(), Violation> {
+    fn check_leader_holds(
+        &self,
+        engine: &Engine,
+        index: LogIndex,
+        entry: CommittedEntry,
+    ) -> Result<(), Violation> {
         if entry.seen_in_term >= engine.term() {
             return Ok(());
         }
@@ -301,12 +309,16 @@ impl SafetyChecker {
         if self.disabled {
             return Ok(());
         }
-        let logs: Vec<(NodeId, Vec<Entry>)> =
-            engines.iter().map(|e| (e.id(), e.entries(e.snapshot().last_index.next(), e.last_index()))).collect();
+        let logs: Vec<(NodeId, Vec<Entry>)> = engines
+            .iter()
+            .map(|e| (e.id(), e.entries(e.snapshot().last_index.next(), e.last_index())))
+            .collect();
         for (position, (a_id, a)) in logs.iter().enumerate() {
             for (b_id, b) in &logs[position + 1..] {
                 if let Some(reason) = compare_logs(a, b) {
-                    return Err(self.violation(Property::LogMatching, format!("nodes {a_id} and {b_id}: {reason}")));
+                    return Err(
+                        self.violation(Property::LogMatching, format!("nodes {a_id} and {b_id}: {reason}"))
+                    );
                 }
             }
         }
@@ -333,7 +345,10 @@ impl SafetyChecker {
         if known.digest != digest {
             return Err(self.violation(
                 Property::StateMachineSafety,
-                format!("state machines of nodes {node} and {} differ after entry {}", known.node, entry.index),
+                format!(
+                    "state machines of nodes {node} and {} differ after entry {}",
+                    known.node, entry.index
+                ),
             ));
         }
         Ok(())
@@ -347,7 +362,10 @@ impl SafetyChecker {
         match self.applied.get(&index) {
             Some(known) if known.digest != digest => Err(self.violation(
                 Property::StateMachineSafety,
-                format!("node {node} restored a snapshot at {index} that differs from node {}'s state there", known.node),
+                format!(
+                    "node {node} restored a snapshot at {index} that differs from node {}'s state there",
+                    known.node
+                ),
             )),
             _ => Ok(()),
         }
@@ -367,7 +385,10 @@ impl SafetyChecker {
         let Some(record) = self.running.get_mut(&node) else {
             return Ok(());
         };
-        if hard_state.term == record.vote_term && record.vote != NodeId::NONE && hard_state.vote != record.vote {
+        if hard_state.term == record.vote_term
+            && record.vote != NodeId::NONE
+            && hard_state.vote != record.vote
+        {
             let details = format!(
                 "node {node} changed its vote in term {} from {} to {}",
                 hard_state.term, record.vote, hard_state.vote
@@ -375,7 +396,8 @@ impl SafetyChecker {
             return Err(self.violation(Property::Monotonicity, details));
         }
         if hard_state.term < record.vote_term {
-            let details = format!("node {node} emitted term {} after term {}", hard_state.term, record.vote_term);
+            let details =
+                format!("node {node} emitted term {} after term {}", hard_state.term, record.vote_term);
             return Err(self.violation(Property::Monotonicity, details));
         }
         record.vote_term = hard_state.term;
@@ -401,7 +423,12 @@ impl SafetyChecker {
     }
 
     /// Durability and vote uniqueness of a message leaving `engine`'s node.
-    pub fn check_sent(&mut self, engine: &Engine, disk: &SimDisk, message: &Message) -> Result<(), Violation> {
+    pub fn check_sent(
+        &mut self,
+        engine: &Engine,
+        disk: &SimDisk,
+        message: &Message,
+    ) -> Result<(), Violation> {
         if self.disabled {
             return Ok(());
         }
@@ -409,7 +436,8 @@ impl SafetyChecker {
         let (from, term) = (message.from, message.term);
         // Whether the durable hard state has voted for `candidate` in `term`
         // (or moved past it).
-        let voted_durably = |candidate: NodeId| durable.term > term || (durable.term == term && durable.vote == candidate);
+        let voted_durably =
+            |candidate: NodeId| durable.term > term || (durable.term == term && durable.vote == candidate);
         let problem = match &message.body {
             MessageBody::RequestVoteResponse(r) if r.kind == VoteKind::Vote && r.granted => {
                 let candidate = message.to;
@@ -420,8 +448,11 @@ impl SafetyChecker {
                         format!("node {from} voted for both {promised} and {candidate} in term {term}"),
                     ));
                 }
-                (!voted_durably(candidate))
-                    .then(|| format!("node {from} granted its vote in term {term} to {candidate} before it was durable"))
+                (!voted_durably(candidate)).then(|| {
+                    format!(
+                        "node {from} granted its vote in term {term} to {candidate} before it was durable"
+                    )
+                })
             }
             MessageBody::RequestVote(r) if r.kind == VoteKind::Vote && !voted_durably(from) => {
                 Some(format!("node {from} asked for votes in term {term} before its own vote was durable"))
@@ -432,12 +463,16 @@ impl SafetyChecker {
             // term's log says what the acknowledgement is about.
             MessageBody::AppendEntriesResponse(r) if r.success && term == engine.term() => {
                 let durable_entry = engine.term_at(r.index).is_none_or(|t| disk.durably_holds(r.index, t));
-                (!durable_entry).then(|| format!("node {from} acknowledged entries up to {} before they were durable", r.index))
+                (!durable_entry).then(|| {
+                    format!("node {from} acknowledged entries up to {} before they were durable", r.index)
+                })
             }
             _ => None,
         };
         match problem {
-            Some(problem) => Err(self.violation(Property::Durability, format!("{problem} (durable: {durable:?})"))),
+            Some(problem) => {
+                Err(self.violation(Property::Durability, format!("{problem} (durable: {durable:?})")))
+            }
             None => Ok(()),
         }
     }
@@ -463,9 +498,7 @@ fn compare_logs(a: &[Entry], b: &[Entry]) -> Option<String> {
     fn at(log: &[Entry], first: LogIndex, index: LogIndex) -> Option<&Entry> {
         log.get(index.0.checked_sub(first.0)? as usize)
     }
-    let end = LogIndex(
-        a.last().map_or(0, |e| e.index.0).min(b.last().map_or(0, |e| e.index.0)),
-    );
+    let end = LogIndex(a.last().map_or(0, |e| e.index.0).min(b.last().map_or(0, |e| e.index.0)));
     // The highest common index where the terms agree: everything before it
     // must be identical.
     let mut index = end;

@@ -157,7 +157,13 @@ impl World {
         let client = self.clients[position].id;
         let record = self.history.invoke(client, key, ClientOp::Read, self.now);
         self.trace.event(self.now, || format!("client {client}: read key {key}"));
-        let op = ReadOp { record, key, attempt: None, next_try_at: self.now, deadline: self.now + self.scenario.op_timeout_steps };
+        let op = ReadOp {
+            record,
+            key,
+            attempt: None,
+            next_try_at: self.now,
+            deadline: self.now + self.scenario.op_timeout_steps,
+        };
         self.drive_read(position, op)
     }
 
@@ -178,9 +184,19 @@ impl World {
             Command::Cas { expected, new, .. } => ClientOp::Cas { expected, new },
         };
         let record = self.history.invoke(request.client, command.key(), op, self.now);
-        self.trace.event(self.now, || format!("client {}: {command:?} as request {}", request.client, request.sequence));
+        self.trace.event(self.now, || {
+            format!("client {}: {command:?} as request {}", request.client, request.sequence)
+        });
         let deadline = self.now + self.scenario.op_timeout_steps;
-        let write = WriteOp { record, command, request, attempt: None, unresolved_attempts: 0, next_try_at: self.now, deadline };
+        let write = WriteOp {
+            record,
+            command,
+            request,
+            attempt: None,
+            unresolved_attempts: 0,
+            next_try_at: self.now,
+            deadline,
+        };
         self.drive_write(position, write)
     }
 
@@ -200,7 +216,8 @@ impl World {
             }
         }
         if self.now >= op.deadline {
-            let outcome = if op.unresolved_attempts > 0 { OpOutcome::Indeterminate } else { OpOutcome::Failed };
+            let outcome =
+                if op.unresolved_attempts > 0 { OpOutcome::Indeterminate } else { OpOutcome::Failed };
             return self.finish(position, op.record, outcome);
         }
         if op.attempt.is_none() && self.now >= op.next_try_at {
@@ -228,7 +245,8 @@ impl World {
             }
             Err(ProposeError::NotLeader { leader }) => {
                 self.clients[position].leader_hint = leader;
-                op.next_try_at = self.now + if leader == NodeId::NONE { self.client_rng.between(3, 10) } else { 1 };
+                op.next_try_at =
+                    self.now + if leader == NodeId::NONE { self.client_rng.between(3, 10) } else { 1 };
             }
             Err(_) => op.next_try_at = self.now + self.client_rng.between(3, 10),
         }
@@ -258,12 +276,21 @@ impl World {
         if op.attempt.is_none() && self.now >= op.next_try_at {
             let prefer_leader = self.client_rng.chance(500);
             let target = self.pick_node(position, prefer_leader);
-            let mode = if self.client_rng.chance(self.scenario.lease_read_per_mille) { ReadMode::Lease } else { ReadMode::ReadIndex };
+            let mode = if self.client_rng.chance(self.scenario.lease_read_per_mille) {
+                ReadMode::Lease
+            } else {
+                ReadMode::ReadIndex
+            };
             let read = ReadId(self.next_read_id);
             self.next_read_id += 1;
-            let started = self.nodes.get_mut(&target).and_then(|node| node.read_index(read, op.key, mode).then_some(node.incarnation));
+            let started = self
+                .nodes
+                .get_mut(&target)
+                .and_then(|node| node.read_index(read, op.key, mode).then_some(node.incarnation));
             match started {
-                Some(incarnation) => op.attempt = Some(ReadAttempt { read, node: target, incarnation, started: self.now }),
+                Some(incarnation) => {
+                    op.attempt = Some(ReadAttempt { read, node: target, incarnation, started: self.now })
+                }
                 None => op.next_try_at = self.now + self.client_rng.between(2, 8),
             }
         }

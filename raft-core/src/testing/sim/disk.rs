@@ -135,7 +135,12 @@ impl SimDisk {
         if let Some(meta) = write.install {
             let data = match self.durable.receiving.take() {
                 Some((received, bytes)) if received == meta => Bytes::from(bytes),
-                _ => return Err(format!("install of snapshot at {} without its received bytes", meta.last_index)),
+                _ => {
+                    return Err(format!(
+                        "install of snapshot at {} without its received bytes",
+                        meta.last_index
+                    ))
+                }
             };
             self.durable.snapshot = Some((meta, data));
             self.durable.entries.clear();
@@ -154,7 +159,8 @@ impl SimDisk {
             self.durable.hard_state = hard_state;
         }
         if let Some(compact_to) = write.compact_to {
-            let covered = self.durable.snapshot.as_ref().is_some_and(|(meta, _)| meta.last_index >= compact_to);
+            let covered =
+                self.durable.snapshot.as_ref().is_some_and(|(meta, _)| meta.last_index >= compact_to);
             if !covered {
                 return Err(format!("compaction to {compact_to} not covered by a durable snapshot"));
             }

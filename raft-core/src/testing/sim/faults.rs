@@ -54,7 +54,8 @@ impl World {
     /// right after its commit index first moves in its term (the moment when
     /// it has told some, but not all, followers about its first commit).
     fn drive_leader_churn(&mut self) -> Result<(), Violation> {
-        let leader = self.current_leader().and_then(|id| self.engine(id).map(|e| (e.term(), id, e.commit_index())));
+        let leader =
+            self.current_leader().and_then(|id| self.engine(id).map(|e| (e.term(), id, e.commit_index())));
         let Some((term, id, commit)) = leader else {
             return Ok(());
         };
@@ -109,7 +110,8 @@ impl World {
         let leader = self.current_leader();
         match (kind, leader) {
             (PartitionKind::Symmetric, _) => {
-                let group: BTreeSet<NodeId> = nodes.iter().copied().filter(|_| self.fault_rng.chance(400)).collect();
+                let group: BTreeSet<NodeId> =
+                    nodes.iter().copied().filter(|_| self.fault_rng.chance(400)).collect();
                 self.network.partition(&group, &nodes);
             }
             (PartitionKind::IsolatedLeader, Some(leader)) => {
@@ -141,9 +143,14 @@ impl World {
 
     fn random_conditions(&mut self) -> NetworkConditions {
         let rng = &mut self.fault_rng;
-        let election_timeout_steps = self.scenario.engine.election_timeout_ticks * self.scenario.steps_per_tick;
+        let election_timeout_steps =
+            self.scenario.engine.election_timeout_ticks * self.scenario.steps_per_tick;
         if rng.chance(400) {
-            return NetworkConditions { delay_min_steps: 1, delay_max_steps: rng.between(1, 4), ..NetworkConditions::calm() };
+            return NetworkConditions {
+                delay_min_steps: 1,
+                delay_max_steps: rng.between(1, 4),
+                ..NetworkConditions::calm()
+            };
         }
         NetworkConditions {
             drop_per_mille: rng.between(0, 300),

@@ -86,7 +86,9 @@ impl Command {
         let command = match reader.u8()? {
             TAG_PUT => Command::Put { key: reader.u64()?, value: reader.u64()? },
             TAG_DELETE => Command::Delete { key: reader.u64()? },
-            TAG_CAS => Command::Cas { key: reader.u64()?, expected: reader.optional()?, new: reader.optional()? },
+            TAG_CAS => {
+                Command::Cas { key: reader.u64()?, expected: reader.optional()?, new: reader.optional()? }
+            }
             _ => return None,
         };
         reader.is_empty().then_some(command)
@@ -288,7 +290,8 @@ impl KvStore {
         if reader.u8() != Some(SNAPSHOT_MAGIC) {
             return Err(SnapshotDecodeError("bad magic byte"));
         }
-        let mut store = KvStore { applied: LogIndex(reader.u64().ok_or(truncated.clone())?), ..KvStore::default() };
+        let mut store =
+            KvStore { applied: LogIndex(reader.u64().ok_or(truncated.clone())?), ..KvStore::default() };
         let keys = reader.u64().ok_or(truncated.clone())?;
         for _ in 0..keys {
             let key = reader.u64().ok_or(truncated.clone())?;
@@ -300,7 +303,8 @@ impl KvStore {
         for _ in 0..clients {
             let client = reader.u64().ok_or(truncated.clone())?;
             let sequence = reader.u64().ok_or(truncated.clone())?;
-            let result = reader.u8().and_then(CommandResult::from_code).ok_or(SnapshotDecodeError("bad result"))?;
+            let result =
+                reader.u8().and_then(CommandResult::from_code).ok_or(SnapshotDecodeError("bad result"))?;
             store.record_request(ClientRequestId { client, sequence }, result);
         }
         if !reader.is_empty() {

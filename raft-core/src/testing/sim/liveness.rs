@@ -47,7 +47,10 @@ impl World {
         Err(Violation {
             step: self.now,
             property: Property::Liveness,
-            details: format!("no recovery within {budget_steps} steps of healing: {}", self.describe_cluster()),
+            details: format!(
+                "no recovery within {budget_steps} steps of healing: {}",
+                self.describe_cluster()
+            ),
         })
     }
 
@@ -82,8 +85,13 @@ impl World {
         for node in self.nodes.values().filter(|n| membership.contains(n.id)) {
             for ack in &self.acknowledged {
                 let record = node.kv.dedup_record(ack.request.client);
-                if record.is_none_or(|r| r.sequence < ack.request.sequence) || node.kv.applied_index() < ack.index {
-                    return Err(fail(format!("node {} lacks acknowledged write {:?} at {}", node.id, ack.request, ack.index)));
+                if record.is_none_or(|r| r.sequence < ack.request.sequence)
+                    || node.kv.applied_index() < ack.index
+                {
+                    return Err(fail(format!(
+                        "node {} lacks acknowledged write {:?} at {}",
+                        node.id, ack.request, ack.index
+                    )));
                 }
             }
             if Some(node.kv.digest()) != leader_digest {

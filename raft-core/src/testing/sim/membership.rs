@@ -48,7 +48,9 @@ impl World {
         if result.is_ok() {
             self.stats.membership_changes += 1;
         }
-        self.trace.event(self.now, || format!("membership: leader {leader} {change:?}: {result:?} (was {membership})"));
+        self.trace.event(self.now, || {
+            format!("membership: leader {leader} {change:?}: {result:?} (was {membership})")
+        });
     }
 
     fn choose_change(&mut self, membership: &Membership) -> Option<MembershipChange> {

@@ -220,7 +220,8 @@ pub fn run_seed(options: &SimOptions) -> Result<SimReport, Violation> {
 }
 
 /// The injected bugs by name, as the CLI and the tests name them.
-pub const BUG_NAMES: [&str; 4] = ["vote_without_log_check", "commit_previous_terms", "apply_before_commit", "forget_vote"];
+pub const BUG_NAMES: [&str; 4] =
+    ["vote_without_log_check", "commit_previous_terms", "apply_before_commit", "forget_vote"];
 
 /// The injected bug called `name` (one of [`BUG_NAMES`]).
 pub fn injected_bug(name: &str) -> Option<InjectedBugs> {
@@ -237,7 +238,12 @@ pub fn injected_bug(name: &str) -> Option<InjectedBugs> {
 
 /// Runs seeds `start..start + max_seeds` with `bugs` switched on until one
 /// reports a violation; returns how many seeds that took and the violation.
-pub fn hunt(template: &SimOptions, bugs: InjectedBugs, start: u64, max_seeds: u64) -> Option<(u64, Violation)> {
+pub fn hunt(
+    template: &SimOptions,
+    bugs: InjectedBugs,
+    start: u64,
+    max_seeds: u64,
+) -> Option<(u64, Violation)> {
     (0..max_seeds).find_map(|offset| {
         let options = SimOptions { seed: start + offset, bugs, ..template.clone() };
         run_seed(&options).err().map(|violation| (offset + 1, violation))

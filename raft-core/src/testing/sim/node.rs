@@ -17,9 +17,9 @@ use crate::types::{ClientRequestId, EntryPayload, LogIndex, NodeId, ReadId, Term
 /// Where a node is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Lifecycle {
-    /// Started empty to join; not yet seen in the leader's configuration.
+    /// Started empty to join; no committed configuration has held it yet.
     Joining,
-    /// A member of the cluster (it was seen in the leader's configuration).
+    /// A member of the cluster (a committed configuration held it).
     Member,
     /// Removed from the cluster and shut down for good.
     Retired,
@@ -115,7 +115,13 @@ fn inject(engine: &mut Engine, bugs: InjectedBugs) {
 
 impl SimNode {
     /// A node running `engine` with an empty disk.
-    pub fn new(engine: Engine, lifecycle: Lifecycle, now: u64, tick_phase: u64, snapshot_every_entries: u64) -> Self {
+    pub fn new(
+        engine: Engine,
+        lifecycle: Lifecycle,
+        now: u64,
+        tick_phase: u64,
+        snapshot_every_entries: u64,
+    ) -> Self {
         SimNode {
             id: engine.id(),
             incarnation: 0,
@@ -171,7 +177,9 @@ impl SimNode {
         let ready = engine.ready();
         if let Some(soft) = ready.soft_state {
             let id = self.id;
-            context.trace.event(context.now, || format!("node {id}: {} in term {} (leader {})", soft.role, soft.term, soft.leader));
+            context.trace.event(context.now, || {
+                format!("node {id}: {} in term {} (leader {})", soft.role, soft.term, soft.leader)
+            });
         }
         self.send_messages(&ready, context)?;
         self.buffer_writes(&ready, context)?;
@@ -198,7 +206,14 @@ impl SimNode {
             let copies = context.network.send(message.clone(), context.now, context.rng);
             if context.trace.shows_messages() {
                 context.trace.message(context.now, || {
-                    format!("{} -> {} t{} {} x{copies}: {:?}", message.from, message.to, message.term, message.kind(), message.body)
+                    format!(
+                        "{} -> {} t{} {} x{copies}: {:?}",
+                        message.from,
+                        message.to,
+                        message.term,
+                        message.kind(),
+                        message.body
+                    )
                 });
             }
         }
@@ -322,7 +337,8 @@ impl SimNode {
         let Some(engine) = self.engine.as_mut() else {
             return Ok(());
         };
-        let storage_error = |details: String| Violation { step: context.now, property: Property::StorageContract, details };
+        let storage_error =
+            |details: String| Violation { step: context.now, property: Property::StorageContract, details };
         let outcome = self.disk.sync().map_err(|e| storage_error(format!("node {}: {e}", self.id)))?;
         context.checker.check_durable(self.id, &self.disk)?;
         if let Some(meta) = outcome.installed {
@@ -337,7 +353,8 @@ impl SimNode {
                     self.kv.applied_index()
                 )));
             }
-            self.kv = KvStore::decode_snapshot(data).map_err(|e| storage_error(format!("node {}: {e}", self.id)))?;
+            self.kv = KvStore::decode_snapshot(data)
+                .map_err(|e| storage_error(format!("node {}: {e}", self.id)))?;
             context.checker.check_restored(self.id, meta.last_index, self.kv.digest())?;
             engine.applied(meta.last_index);
             self.last_snapshot_index = meta.last_index;
@@ -352,10 +369,15 @@ impl SimNode {
 
     /// Crashes the node: volatile state is lost, and a random prefix of the
     /// unsynced writes reaches the disk.
-    pub fn crash(&mut self, rng: &mut SimRng, context_step: u64, checker: &mut SafetyChecker) -> Result<Vec<ReadId>, Violation> {
+    pub fn crash(
+        &mut self,
+        rng: &mut SimRng,
+        now: u64,
+        checker: &mut SafetyChecker,
+    ) -> Result<Vec<ReadId>, Violation> {
         let survivors = rng.below(self.disk.pending_writes() as u64 + 1) as usize;
         self.disk.crash(survivors).map_err(|details| Violation {
-            step: context_step,
+            step: now,
             property: Property::StorageContract,
             details: format!("node {}: {details}", self.id),
         })?;
@@ -376,8 +398,9 @@ impl SimNode {
         checker: &mut SafetyChecker,
     ) -> Result<(), Violation> {
         let fail = |property, details: String| Violation { step: now, property, details };
-        let mut engine = Engine::restore(config, self.disk.restored_state())
-            .map_err(|e| fail(Property::Restore, format!("node {} cannot restart from its disk: {e}", self.id)))?;
+        let mut engine = Engine::restore(config, self.disk.restored_state()).map_err(|e| {
+            fail(Property::Restore, format!("node {} cannot restart from its disk: {e}", self.id))
+        })?;
         inject(&mut engine, bugs);
         self.kv = match self.disk.snapshot() {
             Some((meta, data)) => {

@@ -12,8 +12,8 @@ use std::collections::BTreeMap;
 use super::checker::SafetyChecker;
 use super::client::{AcknowledgedWrite, Client};
 use super::history::History;
-use super::node::{Lifecycle, NodeContext, NodeEvent, SimNode};
 use super::network::Network;
+use super::node::{Lifecycle, NodeContext, NodeEvent, SimNode};
 use super::rng::SimRng;
 use super::scenario::Scenario;
 use super::trace::Trace;
@@ -192,7 +192,9 @@ impl World {
             messages_lost: network.dropped + network.blocked,
             stats,
             initial_voters: self.scenario.initial_voters,
-            final_voters: self.current_leader().map_or(0, |id| self.engine(id).map_or(0, |e| e.membership().voters.len())),
+            final_voters: self
+                .current_leader()
+                .map_or(0, |id| self.engine(id).map_or(0, |e| e.membership().voters.len())),
         }
     }
 
@@ -224,11 +226,19 @@ impl World {
             };
             self.network.count_delivered();
             if self.trace.shows_messages() {
-                let text = format!("deliver {} -> {} t{} {}", message.from, message.to, message.term, message.kind());
+                let text = format!(
+                    "deliver {} -> {} t{} {}",
+                    message.from,
+                    message.to,
+                    message.term,
+                    message.kind()
+                );
                 self.trace.message(self.now, || text);
             }
             let result = engine.step(message);
-            if let (Err(StepError::ProtocolViolation { from, reason }), true) = (result, self.options.per_step_checks) {
+            if let (Err(StepError::ProtocolViolation { from, reason }), true) =
+                (result, self.options.per_step_checks)
+            {
                 return Err(Violation {
                     step: self.now,
                     property: Property::ProtocolViolation,
