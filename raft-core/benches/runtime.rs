@@ -41,7 +41,8 @@ impl StateMachine for CountingStateMachine {
 
     async fn restore(&mut self, snapshot: &mut dyn SnapshotReader) -> Result<(), StateMachineError> {
         let (data, _) = snapshot.read_at(0, 8).await?;
-        let bytes: [u8; 8] = data.as_ref().try_into().map_err(|_| StateMachineError::MalformedSnapshot("size".into()))?;
+        let bytes: [u8; 8] =
+            data.as_ref().try_into().map_err(|_| StateMachineError::MalformedSnapshot("size".into()))?;
         self.applied = u64::from_le_bytes(bytes);
         Ok(())
     }
@@ -96,7 +97,9 @@ async fn start_cluster() -> (Vec<RaftNode>, RaftNode) {
             transport: Arc::new(transport),
             inbox,
         };
-        nodes.push(RaftNode::start(config, StartMode::Bootstrap(membership.clone()), parts).await.expect("start"));
+        nodes.push(
+            RaftNode::start(config, StartMode::Bootstrap(membership.clone()), parts).await.expect("start"),
+        );
     }
     nodes[0].campaign().await.expect("campaign");
     let mut status = nodes[0].status();
@@ -155,7 +158,8 @@ fn resident_memory_kib() -> u64 {
 
 fn main() {
     let options = options();
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio");
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio");
     runtime.block_on(async {
         let (nodes, leader) = start_cluster().await;
         println!("| clients | batch | writes | puts/s | p50 µs | p99 µs | RSS MiB |");

@@ -73,7 +73,9 @@ pub mod types;
 
 pub use message::{Message, MessageBody};
 pub use protocol::{Config, Engine, Ready};
-pub use types::{ClientRequestId, Entry, EntryPayload, HardState, LogIndex, Membership, NodeId, Role, SnapshotMeta, Term};
+pub use types::{
+    ClientRequestId, Entry, EntryPayload, HardState, LogIndex, Membership, NodeId, Role, SnapshotMeta, Term,
+};
 
 /// The examples in the README compile and run as doctests.
 #[cfg(doctest)]

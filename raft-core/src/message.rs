@@ -28,9 +28,7 @@ impl Message {
     /// by flow control and by transports to pick a stream.
     pub fn payload_bytes(&self) -> u64 {
         match &self.body {
-            MessageBody::AppendEntries(append) => {
-                append.entries.iter().map(Entry::size_bytes).sum()
-            }
+            MessageBody::AppendEntries(append) => append.entries.iter().map(Entry::size_bytes).sum(),
             MessageBody::InstallSnapshot(chunk) => chunk.data.len() as u64,
             _ => 0,
         }
@@ -84,9 +82,7 @@ impl MessageBody {
         match self {
             MessageBody::RequestVote(r) if r.kind == VoteKind::PreVote => "RequestPreVote",
             MessageBody::RequestVote(_) => "RequestVote",
-            MessageBody::RequestVoteResponse(r) if r.kind == VoteKind::PreVote => {
-                "RequestPreVoteResponse"
-            }
+            MessageBody::RequestVoteResponse(r) if r.kind == VoteKind::PreVote => "RequestPreVoteResponse",
             MessageBody::RequestVoteResponse(_) => "RequestVoteResponse",
             MessageBody::AppendEntries(_) => "AppendEntries",
             MessageBody::AppendEntriesResponse(_) => "AppendEntriesResponse",

@@ -165,10 +165,7 @@ pub struct Membership {
 impl Membership {
     /// A simple (non-joint) configuration of the given voters.
     pub fn with_voters(voters: impl IntoIterator<Item = NodeId>) -> Self {
-        Membership {
-            voters: voters.into_iter().collect(),
-            ..Membership::default()
-        }
+        Membership { voters: voters.into_iter().collect(), ..Membership::default() }
     }
 
     /// Whether the configuration is joint (two voter sets).
@@ -278,9 +275,7 @@ pub struct SnapshotMeta {
 }
 
 /// The caller's identifier for a linearizable read request.
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct ReadId(pub u64);
 
 impl fmt::Display for ReadId {
@@ -326,4 +321,3 @@ pub enum ReadMode {
     /// leader's by more than `lease_drift_margin_ticks` per election timeout.
     Lease,
 }
-

@@ -56,7 +56,9 @@ impl Engine {
         };
         self.votes.insert(self.config.id, true);
         match self.poll() {
-            Poll::Won if kind == VoteKind::PreVote => return self.campaign(VoteKind::Vote, leadership_transfer),
+            Poll::Won if kind == VoteKind::PreVote => {
+                return self.campaign(VoteKind::Vote, leadership_transfer)
+            }
             Poll::Won => return self.become_leader(),
             Poll::Lost | Poll::Pending => {}
         }
@@ -66,7 +68,8 @@ impl Engine {
             last_log_term: self.log.last_term(),
             leadership_transfer,
         };
-        let voters: Vec<NodeId> = self.membership.members().into_iter().filter(|id| self.membership.is_voter(*id)).collect();
+        let voters: Vec<NodeId> =
+            self.membership.members().into_iter().filter(|id| self.membership.is_voter(*id)).collect();
         for voter in voters {
             if voter == self.config.id {
                 continue;
@@ -77,12 +80,9 @@ impl Engine {
                 // vote for itself is durable: a restart that forgot it could
                 // vote for a second candidate in the same term.
                 VoteKind::Vote => self.send_after_persist(voter, campaign_term, body),
-                VoteKind::PreVote => self.messages.push(Message {
-                    from: self.config.id,
-                    to: voter,
-                    term: campaign_term,
-                    body,
-                }),
+                VoteKind::PreVote => {
+                    self.messages.push(Message { from: self.config.id, to: voter, term: campaign_term, body })
+                }
             }
         }
     }
@@ -213,12 +213,18 @@ impl Engine {
                 MessageBody::AppendEntries(_)
                 | MessageBody::Heartbeat(_)
                 | MessageBody::InstallSnapshot(_) => {
-                    self.send(message.from, MessageBody::HeartbeatResponse(crate::message::HeartbeatResponse { read_round: 0 }));
+                    self.send(
+                        message.from,
+                        MessageBody::HeartbeatResponse(crate::message::HeartbeatResponse { read_round: 0 }),
+                    );
                 }
                 MessageBody::RequestVote(r) if r.kind == VoteKind::PreVote => {
                     self.send(
                         message.from,
-                        MessageBody::RequestVoteResponse(RequestVoteResponse { kind: VoteKind::PreVote, granted: false }),
+                        MessageBody::RequestVoteResponse(RequestVoteResponse {
+                            kind: VoteKind::PreVote,
+                            granted: false,
+                        }),
                     );
                 }
                 _ => {}
@@ -246,7 +252,9 @@ impl Engine {
         match request.kind {
             // The vote is durable before the answer leaves.
             VoteKind::Vote => self.send_after_persist(message.from, term, body),
-            VoteKind::PreVote => self.messages.push(Message { from: self.config.id, to: message.from, term, body }),
+            VoteKind::PreVote => {
+                self.messages.push(Message { from: self.config.id, to: message.from, term, body })
+            }
         }
     }
 
@@ -301,9 +309,9 @@ impl Engine {
         let Some(state) = self.leader_state.as_mut() else {
             return true;
         };
-        let active = self.membership.is_quorum(|peer| {
-            peer == id || state.progress.get(&peer).is_some_and(|p| p.recent_active)
-        });
+        let active = self
+            .membership
+            .is_quorum(|peer| peer == id || state.progress.get(&peer).is_some_and(|p| p.recent_active));
         for progress in state.progress.values_mut() {
             progress.recent_active = false;
         }

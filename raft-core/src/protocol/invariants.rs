@@ -33,7 +33,8 @@ impl Engine {
         if self.commit > last {
             return fail(format!("commit {} past last index {last}", self.commit));
         }
-        let apply_order = self.applied <= self.handed_out && self.handed_out <= self.commit.max(self.snapshot.last_index);
+        let apply_order =
+            self.applied <= self.handed_out && self.handed_out <= self.commit.max(self.snapshot.last_index);
         if !apply_order && !self.bug(|b| b.apply_before_commit) {
             return fail(format!(
                 "applied {} / handed out {} / commit {} out of order",
@@ -47,17 +48,19 @@ impl Engine {
             return fail(reason);
         }
         if self.log.last_term() > self.term {
-            return fail(format!("last entry term {} above current term {}", self.log.last_term(), self.term));
+            return fail(format!(
+                "last entry term {} above current term {}",
+                self.log.last_term(),
+                self.term
+            ));
         }
-        let newest_config = self
-            .log
-            .iter_range(self.log.first_index(), last)
-            .rev()
-            .find_map(|e| match &e.payload {
+        let newest_config =
+            self.log.iter_range(self.log.first_index(), last).rev().find_map(|e| match &e.payload {
                 EntryPayload::Membership(m) => Some((e.index, m)),
                 _ => None,
             });
-        let expected = newest_config.map_or((self.base_membership.0, &self.base_membership.1), |(i, m)| (i, m));
+        let expected =
+            newest_config.map_or((self.base_membership.0, &self.base_membership.1), |(i, m)| (i, m));
         if self.membership_index != expected.0 || &self.membership != expected.1 {
             return fail(format!(
                 "configuration in force ({} at {}) is not the newest in the log ({} at {})",
@@ -79,7 +82,10 @@ impl Engine {
                         return fail(format!("progress of {id} past the log"));
                     }
                     if progress.next_index <= progress.match_index {
-                        return fail(format!("progress of {id}: next {} not after match {}", progress.next_index, progress.match_index));
+                        return fail(format!(
+                            "progress of {id}: next {} not after match {}",
+                            progress.next_index, progress.match_index
+                        ));
                     }
                 }
             }

@@ -29,12 +29,7 @@ pub(crate) struct RaftLog {
 impl RaftLog {
     /// A log whose entries start after `start_index` (with `start_term`).
     pub(crate) fn new(start_index: LogIndex, start_term: Term) -> Self {
-        RaftLog {
-            start_index,
-            start_term,
-            entries: VecDeque::new(),
-            unstable_from: start_index.next(),
-        }
+        RaftLog { start_index, start_term, entries: VecDeque::new(), unstable_from: start_index.next() }
     }
 
     pub(crate) fn start_index(&self) -> LogIndex {

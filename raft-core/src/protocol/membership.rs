@@ -38,7 +38,10 @@ impl Engine {
     /// Proposes a membership change. On success returns where its entry was
     /// appended; the change is done once that entry (and, for a joint change,
     /// the follow-up entry) is committed.
-    pub fn change_membership(&mut self, change: MembershipChange) -> Result<(Term, LogIndex), MembershipError> {
+    pub fn change_membership(
+        &mut self,
+        change: MembershipChange,
+    ) -> Result<(Term, LogIndex), MembershipError> {
         self.check_can_propose(&EntryPayload::Blank)?;
         let committed_in_term = self.leader_state.as_deref().is_some_and(|s| s.committed_in_term);
         if !committed_in_term {

@@ -43,9 +43,9 @@ mod reads;
 mod ready;
 mod replication;
 mod rng;
-mod snapshot;
 #[cfg(test)]
 mod smoke_tests;
+mod snapshot;
 mod transfer;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -53,17 +53,13 @@ use std::collections::{BTreeMap, VecDeque};
 use bytes::Bytes;
 
 pub use config::{Config, ConfigError};
-pub use error::{
-    MembershipError, ProposeError, ReadError, RestoreError, SnapshotError, TransferError,
-};
+pub use error::{MembershipError, ProposeError, ReadError, RestoreError, SnapshotError, TransferError};
 pub use invariants::InvariantViolation;
 pub use membership::MembershipChange;
-pub use ready::{
-    FailedRead, PersistId, ReadState, Ready, SnapshotChunkWrite, SnapshotRead, SoftState,
-};
+pub use ready::{FailedRead, PersistId, ReadState, Ready, SnapshotChunkWrite, SnapshotRead, SoftState};
 
-pub use crate::types::ReadMode;
 use crate::message::{Message, MessageBody};
+pub use crate::types::ReadMode;
 use crate::types::{
     ClientRequestId, Entry, EntryPayload, HardState, LogIndex, Membership, NodeId, ReadId, Role,
     SnapshotMeta, Term,
@@ -386,11 +382,8 @@ impl Engine {
             return Err(RestoreError::BadMembership);
         }
         let mut engine = Self::new(config)?;
-        let entry = Entry {
-            term: Term(0),
-            index: LogIndex(1),
-            payload: EntryPayload::Membership(membership),
-        };
+        let entry =
+            Entry { term: Term(0), index: LogIndex(1), payload: EntryPayload::Membership(membership) };
         engine.append_entry_to_log(entry);
         Ok(engine)
     }
@@ -610,10 +603,7 @@ impl Engine {
             membership: self.membership.clone(),
             membership_index: self.membership_index,
             peers,
-            transfer_target: self
-                .leader_state
-                .as_ref()
-                .and_then(|l| l.transfer.map(|t| t.target)),
+            transfer_target: self.leader_state.as_ref().and_then(|l| l.transfer.map(|t| t.target)),
         }
     }
 
@@ -807,11 +797,7 @@ impl Engine {
     /// The highest index that may be handed out for applying now.
     fn next_committed_to(&self) -> LogIndex {
         let limit = LogIndex(self.applied.0.saturating_add(self.config.max_apply_backlog_entries));
-        let committed = if self.bug(|b| b.apply_before_commit) {
-            self.log.last_index()
-        } else {
-            self.commit
-        };
+        let committed = if self.bug(|b| b.apply_before_commit) { self.log.last_index() } else { self.commit };
         committed.min(self.persisted_index).min(limit)
     }
 
@@ -867,14 +853,12 @@ impl Engine {
     /// Sets `membership` from the newest configuration entry in the log, or
     /// the compaction point's.
     fn recompute_membership(&mut self) {
-        let newest = self
-            .log
-            .iter_range(self.log.first_index(), self.log.last_index())
-            .rev()
-            .find_map(|e| match &e.payload {
+        let newest = self.log.iter_range(self.log.first_index(), self.log.last_index()).rev().find_map(|e| {
+            match &e.payload {
                 EntryPayload::Membership(m) => Some((e.index, m.clone())),
                 _ => None,
-            });
+            }
+        });
         let (index, membership) = newest.unwrap_or_else(|| self.base_membership.clone());
         self.membership = membership;
         self.membership_index = index;

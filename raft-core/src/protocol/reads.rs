@@ -121,7 +121,8 @@ impl Engine {
     }
 
     pub(super) fn handle_read_index_response(&mut self, from: NodeId, response: &ReadIndexResponse) {
-        let Some(position) = self.forwarded_reads.iter().position(|r| r.id == response.id && r.leader == from)
+        let Some(position) =
+            self.forwarded_reads.iter().position(|r| r.id == response.id && r.leader == from)
         else {
             self.stats.dropped_irrelevant += 1;
             return;
@@ -129,7 +130,9 @@ impl Engine {
         let _ = self.forwarded_reads.remove(position);
         match response.index {
             Some(index) => self.reads_out.push(ReadState { id: response.id, index }),
-            None => self.failed_reads_out.push(FailedRead { id: response.id, error: ReadError::LeadershipLost }),
+            None => {
+                self.failed_reads_out.push(FailedRead { id: response.id, error: ReadError::LeadershipLost })
+            }
         }
     }
 

@@ -17,7 +17,10 @@ enum SendOutcome {
 }
 
 impl Engine {
-    pub(super) fn propose_payload(&mut self, payload: EntryPayload) -> Result<(Term, LogIndex), ProposeError> {
+    pub(super) fn propose_payload(
+        &mut self,
+        payload: EntryPayload,
+    ) -> Result<(Term, LogIndex), ProposeError> {
         self.check_can_propose(&payload)?;
         Ok(self.append_as_leader(payload))
     }
@@ -175,7 +178,8 @@ impl Engine {
         let last = self.log.last_index();
         let (max_messages, max_bytes) = (self.config.max_inflight_messages, self.config.max_inflight_bytes);
         state.progress.iter().any(|(id, p)| {
-            (p.next_index <= last && p.can_send(max_messages, max_bytes)) || self.peer_needs_commit_update(*id)
+            (p.next_index <= last && p.can_send(max_messages, max_bytes))
+                || self.peer_needs_commit_update(*id)
         })
     }
 
@@ -252,18 +256,29 @@ impl Engine {
                 if tracked && response.success && response.index > self.log.last_index() =>
             {
                 self.stats.protocol_violations += 1;
-                return Err(StepError::ProtocolViolation { from, reason: "acknowledges entries past the leader's log" });
+                return Err(StepError::ProtocolViolation {
+                    from,
+                    reason: "acknowledges entries past the leader's log",
+                });
             }
-            MessageBody::AppendEntriesResponse(response) if tracked => self.handle_append_response(from, &response),
+            MessageBody::AppendEntriesResponse(response) if tracked => {
+                self.handle_append_response(from, &response)
+            }
             // Rounds only come from this leader's heartbeats; echoing a round
             // not yet started would confirm reads that arrive later.
             MessageBody::HeartbeatResponse(response)
-                if tracked && response.read_round > self.leader_state.as_deref().map_or(0, |s| s.read_round) =>
+                if tracked
+                    && response.read_round > self.leader_state.as_deref().map_or(0, |s| s.read_round) =>
             {
                 self.stats.protocol_violations += 1;
-                return Err(StepError::ProtocolViolation { from, reason: "confirms a read round not yet started" });
+                return Err(StepError::ProtocolViolation {
+                    from,
+                    reason: "confirms a read round not yet started",
+                });
             }
-            MessageBody::HeartbeatResponse(response) if tracked => self.handle_heartbeat_response(from, &response),
+            MessageBody::HeartbeatResponse(response) if tracked => {
+                self.handle_heartbeat_response(from, &response)
+            }
             MessageBody::InstallSnapshotResponse(response) if tracked => {
                 self.handle_snapshot_response(from, &response)
             }
@@ -280,7 +295,10 @@ impl Engine {
             }
             MessageBody::AppendEntries(_) | MessageBody::Heartbeat(_) | MessageBody::InstallSnapshot(_) => {
                 self.stats.protocol_violations += 1;
-                return Err(StepError::ProtocolViolation { from, reason: "a second leader in the same term" });
+                return Err(StepError::ProtocolViolation {
+                    from,
+                    reason: "a second leader in the same term",
+                });
             }
             _ => self.stats.dropped_irrelevant += 1,
         }
@@ -327,10 +345,9 @@ impl Engine {
             _ => {}
         }
         let hint = match response.conflict_term {
-            Some(term) => self
-                .log
-                .last_index_of_term(term, rejected)
-                .map_or(response.conflict_index, LogIndex::next),
+            Some(term) => {
+                self.log.last_index_of_term(term, rejected).map_or(response.conflict_index, LogIndex::next)
+            }
             None => response.conflict_index,
         };
         let next = hint.min(rejected).max(progress.match_index.next()).min(last.next());
@@ -519,7 +536,10 @@ impl Engine {
                 Some(term) if term == entry.term => continue,
                 Some(_) if entry.index <= self.commit => {
                     self.stats.protocol_violations += 1;
-                    return Err(StepError::ProtocolViolation { from, reason: "overwrites a committed entry" });
+                    return Err(StepError::ProtocolViolation {
+                        from,
+                        reason: "overwrites a committed entry",
+                    });
                 }
                 _ => {
                     first_new = position;
@@ -573,6 +593,9 @@ impl Engine {
         if commit > self.commit {
             self.commit = commit;
         }
-        self.send(from, MessageBody::HeartbeatResponse(HeartbeatResponse { read_round: heartbeat.read_round }));
+        self.send(
+            from,
+            MessageBody::HeartbeatResponse(HeartbeatResponse { read_round: heartbeat.read_round }),
+        );
     }
 }

@@ -70,7 +70,14 @@ impl Engine {
 
     /// Hands the engine a chunk of the local snapshot that a
     /// [`super::SnapshotRead`] asked for; the engine sends it to the follower.
-    pub fn snapshot_chunk_read(&mut self, to: NodeId, snapshot_index: LogIndex, offset: u64, data: Bytes, done: bool) {
+    pub fn snapshot_chunk_read(
+        &mut self,
+        to: NodeId,
+        snapshot_index: LogIndex,
+        offset: u64,
+        data: Bytes,
+        done: bool,
+    ) {
         let term = self.term;
         let me = self.config.id;
         let Some(progress) = self.leader_state.as_deref_mut().and_then(|s| s.progress.get_mut(&to)) else {

@@ -73,7 +73,11 @@ impl ApplyTask {
         }
     }
 
-    async fn apply(&mut self, entries: Vec<Entry>, waiters: Vec<(LogIndex, Waiter)>) -> Result<(), StateMachineError> {
+    async fn apply(
+        &mut self,
+        entries: Vec<Entry>,
+        waiters: Vec<(LogIndex, Waiter)>,
+    ) -> Result<(), StateMachineError> {
         let Some(last) = entries.last() else {
             return Ok(());
         };

@@ -230,7 +230,9 @@ impl Driver {
     }
 
     fn retry_parked_changes(&mut self) {
-        if self.parked_changes.is_empty() || self.engine.role() == Role::Leader && !self.engine.committed_in_term() {
+        if self.parked_changes.is_empty()
+            || self.engine.role() == Role::Leader && !self.engine.committed_in_term()
+        {
             return;
         }
         for (change, reply) in std::mem::take(&mut self.parked_changes) {

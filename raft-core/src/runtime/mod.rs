@@ -227,7 +227,11 @@ impl RaftNode {
 
     /// Proposes a command; resolves once it is committed and applied here,
     /// with the state machine's response.
-    pub async fn propose(&self, data: Bytes, client: Option<ClientRequestId>) -> Result<Committed, ClientError> {
+    pub async fn propose(
+        &self,
+        data: Bytes,
+        client: Option<ClientRequestId>,
+    ) -> Result<Committed, ClientError> {
         self.request(|reply| Command::Propose { data, client, reply }).await
     }
 
@@ -287,12 +291,17 @@ impl RaftNode {
 }
 
 /// Builds an engine from the stores' durable state.
-async fn restore_engine(config: &RuntimeConfig, mode: &StartMode, log_store: &dyn LogStore) -> Result<Engine, StartError> {
+async fn restore_engine(
+    config: &RuntimeConfig,
+    mode: &StartMode,
+    log_store: &dyn LogStore,
+) -> Result<Engine, StartError> {
     let state = log_store.read_state().await?;
     match mode {
         StartMode::Restart => Ok(Engine::restore(config.engine.clone(), state)?),
         StartMode::Bootstrap(membership) => {
-            let empty = state.hard_state.term == Term(0) && state.entries.is_empty() && state.snapshot.is_none();
+            let empty =
+                state.hard_state.term == Term(0) && state.entries.is_empty() && state.snapshot.is_none();
             if !empty {
                 let last_index = state.entries.last().map_or(LogIndex(0), |e| e.index);
                 return Err(StartError::AlreadyInitialized { term: state.hard_state.term, last_index });

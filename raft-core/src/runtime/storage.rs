@@ -16,11 +16,7 @@ const MAX_JOBS_PER_WRITE: usize = 1024;
 #[derive(Debug)]
 pub(super) enum StorageJob {
     /// The durable part of one `Ready`.
-    Write {
-        persist_id: Option<PersistId>,
-        chunks: Vec<SnapshotChunkWrite>,
-        write: LogWrite,
-    },
+    Write { persist_id: Option<PersistId>, chunks: Vec<SnapshotChunkWrite>, write: LogWrite },
     /// A locally built snapshot is finished in the snapshot store: make it
     /// the log store's current snapshot.
     SetSnapshot(SnapshotMeta),
@@ -69,11 +65,17 @@ impl StorageTask {
     }
 
     /// Executes a run of jobs, merging consecutive plain writes.
-    async fn execute(&self, jobs: Vec<StorageJob>, receiving: &mut Option<Receiving>) -> Result<(), StorageError> {
+    async fn execute(
+        &self,
+        jobs: Vec<StorageJob>,
+        receiving: &mut Option<Receiving>,
+    ) -> Result<(), StorageError> {
         let mut merged: Option<(LogWrite, Option<PersistId>)> = None;
         for job in jobs {
             match job {
-                StorageJob::Write { persist_id, chunks, write } if chunks.is_empty() && write.install_snapshot.is_none() => {
+                StorageJob::Write { persist_id, chunks, write }
+                    if chunks.is_empty() && write.install_snapshot.is_none() =>
+                {
                     let (into, id) = merged.get_or_insert_with(|| (LogWrite::default(), None));
                     merge_write(into, write);
                     *id = persist_id.or(*id);
@@ -100,7 +102,11 @@ impl StorageTask {
         Ok(())
     }
 
-    async fn execute_one(&self, job: StorageJob, receiving: &mut Option<Receiving>) -> Result<(), StorageError> {
+    async fn execute_one(
+        &self,
+        job: StorageJob,
+        receiving: &mut Option<Receiving>,
+    ) -> Result<(), StorageError> {
         match job {
             StorageJob::Write { persist_id, chunks, write } => {
                 for chunk in chunks {
@@ -127,7 +133,11 @@ impl StorageTask {
         Ok(())
     }
 
-    async fn write_chunk(&self, chunk: SnapshotChunkWrite, receiving: &mut Option<Receiving>) -> Result<(), StorageError> {
+    async fn write_chunk(
+        &self,
+        chunk: SnapshotChunkWrite,
+        receiving: &mut Option<Receiving>,
+    ) -> Result<(), StorageError> {
         if chunk.offset == 0 {
             // A new transfer replaces any partial one.
             let writer = self.snapshot_store.create(chunk.snapshot.clone()).await?;
@@ -174,7 +184,8 @@ mod tests {
 
     #[test]
     fn merging_keeps_later_entries_and_hard_state() {
-        let mut write = LogWrite { entries: vec![entry(1, 1), entry(2, 1), entry(3, 1)], ..LogWrite::default() };
+        let mut write =
+            LogWrite { entries: vec![entry(1, 1), entry(2, 1), entry(3, 1)], ..LogWrite::default() };
         merge_write(
             &mut write,
             LogWrite {

@@ -221,7 +221,8 @@ impl Cluster {
         }
         node.waiting_reads.extend(ready.reads.iter().copied());
         let applied = node.state_machine.applied_index;
-        let (served, waiting): (Vec<_>, Vec<_>) = node.waiting_reads.drain(..).partition(|r| r.index <= applied);
+        let (served, waiting): (Vec<_>, Vec<_>) =
+            node.waiting_reads.drain(..).partition(|r| r.index <= applied);
         node.reads.extend(served);
         node.waiting_reads = waiting;
         node.failed_reads.extend(ready.failed_reads.iter().cloned());
@@ -236,7 +237,13 @@ impl Cluster {
             }
             let start = (read.offset as usize).min(data.len());
             let end = (start + read.max_bytes as usize).min(data.len());
-            node.engine.snapshot_chunk_read(read.to, meta.last_index, read.offset, data.slice(start..end), end == data.len());
+            node.engine.snapshot_chunk_read(
+                read.to,
+                meta.last_index,
+                read.offset,
+                data.slice(start..end),
+                end == data.len(),
+            );
         }
         true
     }
@@ -324,7 +331,8 @@ impl Cluster {
         let Some(node) = self.nodes.get_mut(&NodeId(id)) else {
             return;
         };
-        node.engine = Engine::restore(config, node.disk.restored_state()).expect("the disk holds a valid state");
+        node.engine =
+            Engine::restore(config, node.disk.restored_state()).expect("the disk holds a valid state");
         node.state_machine = match &node.disk.snapshot {
             Some((meta, data)) => RecordingStateMachine::restore(data, meta.last_index),
             None => RecordingStateMachine::default(),
@@ -361,7 +369,11 @@ impl Cluster {
 
     /// Restarts a crashed node from its disk with `config` instead of the
     /// cluster's configuration function.
-    pub fn restart_with_config(&mut self, id: NodeId, config: Config) -> Result<(), crate::protocol::RestoreError> {
+    pub fn restart_with_config(
+        &mut self,
+        id: NodeId,
+        config: Config,
+    ) -> Result<(), crate::protocol::RestoreError> {
         let Some(node) = self.nodes.get_mut(&id) else {
             return Ok(());
         };

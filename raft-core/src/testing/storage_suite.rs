@@ -118,7 +118,11 @@ async fn writes_survive_a_restart(factory: &mut dyn StoreFactory) {
     let state = store.read_state().await.expect("read after restart");
     assert_eq!(state.hard_state, hard_state(2, 3, 11), "the last hard state survives a restart");
     assert_eq!(state.entries.len(), 12, "every synced entry survives a restart");
-    assert_eq!(state.entries, [entries(1..=10, 1), entries(11..=12, 2)].concat(), "entries read back exactly");
+    assert_eq!(
+        state.entries,
+        [entries(1..=10, 1), entries(11..=12, 2)].concat(),
+        "entries read back exactly"
+    );
 }
 
 async fn later_entries_overwrite_a_suffix(factory: &mut dyn StoreFactory) {

@@ -167,7 +167,10 @@ impl TestCluster {
             .map(|result| result.map(|found| found.clone()));
         match outcome {
             Ok(Ok(found)) => found,
-            _ => panic!("node {id}: timed out waiting for {what}; status: {:?}", self.nodes[&id].status().borrow()),
+            _ => panic!(
+                "node {id}: timed out waiting for {what}; status: {:?}",
+                self.nodes[&id].status().borrow()
+            ),
         }
     }
 
@@ -307,7 +310,8 @@ async fn membership_changes_and_leadership_transfer() {
     cluster.put(4, "x", "2").await;
     let remaining: Vec<u64> = [1, 2, 3, 4].into_iter().filter(|id| *id != leader).collect();
     for id in &remaining {
-        let status = cluster.wait_for(*id, "the new configuration", |s| !s.membership.contains(NodeId(leader))).await;
+        let status =
+            cluster.wait_for(*id, "the new configuration", |s| !s.membership.contains(NodeId(leader))).await;
         assert_eq!(status.membership.voters.len(), 3);
         assert_eq!(cluster.read(*id, "x", ReadConsistency::Linearizable).await.unwrap(), "2");
     }

@@ -44,10 +44,7 @@ fn rust_files(directory: &Path) -> Vec<PathBuf> {
 /// its `#[cfg(test)]` module, without comments.
 fn library_code(text: &str) -> String {
     let code = text.split("#[cfg(test)]").next().unwrap_or("");
-    code.lines()
-        .map(|line| line.split("//").next().unwrap_or(""))
-        .collect::<Vec<_>>()
-        .join("\n")
+    code.lines().map(|line| line.split("//").next().unwrap_or("")).collect::<Vec<_>>().join("\n")
 }
 
 #[test]
@@ -73,7 +70,8 @@ fn engine_does_no_io_reads_no_clock_and_spawns_nothing() {
 
 #[test]
 fn tidy_check_has_teeth() {
-    let sample = "use std::time::Instant;\n// tokio in a comment is fine\n#[cfg(test)]\nmod tests { use tokio; }";
+    let sample =
+        "use std::time::Instant;\n// tokio in a comment is fine\n#[cfg(test)]\nmod tests { use tokio; }";
     let code = library_code(sample);
     assert!(code.contains("std::time"));
     assert!(!code.contains("tokio"));

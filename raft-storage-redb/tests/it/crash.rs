@@ -88,7 +88,8 @@ fn two_hundred_kills_lose_no_acknowledged_entry() {
     }
     let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
     runtime.block_on(async {
-        let log = RedbLogStore::open(directory.path().join("log.redb")).expect("the store opens after the kills");
+        let log =
+            RedbLogStore::open(directory.path().join("log.redb")).expect("the store opens after the kills");
         let state = log.read_state().await.expect("the log reads");
         let mut expected = state.snapshot.as_ref().map_or(0, |s| s.last_index.get()) + 1;
         for entry in &state.entries {
