@@ -22,11 +22,19 @@ const MIN_VOTERS: usize = 3;
 const MAX_VOTERS: usize = 7;
 
 impl World {
-    /// Keeps lifecycles up to date and proposes a change now and then.
-    pub(super) fn drive_membership(&mut self) {
+    /// Shuts down nodes the committed configuration no longer holds, in
+    /// every phase: a removal that commits after the faults stop must take
+    /// effect too (operators shut removed servers down; with neither
+    /// pre-vote nor CheckQuorum, a removed server left running disrupts the
+    /// cluster, as in classic Raft).
+    pub(super) fn maintain_lifecycles(&mut self) {
         if self.now % LIFECYCLE_INTERVAL_STEPS == 0 {
             self.update_lifecycles();
         }
+    }
+
+    /// Proposes a membership change now and then.
+    pub(super) fn drive_membership(&mut self) {
         if self.now < self.next_membership_change_at {
             return;
         }

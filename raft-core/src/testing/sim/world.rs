@@ -202,6 +202,7 @@ impl World {
     pub(super) fn step(&mut self, faults: bool) -> Result<(), Violation> {
         self.now += 1;
         self.checker.set_step(self.now);
+        self.maintain_lifecycles();
         if faults {
             self.drive_faults()?;
             self.drive_membership();
