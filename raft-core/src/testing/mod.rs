@@ -3,5 +3,6 @@
 
 pub mod cluster;
 pub mod linearizability;
+pub mod map_state_machine;
 pub mod sim;
 pub mod storage_suite;

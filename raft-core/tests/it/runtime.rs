@@ -8,89 +8,15 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use raft_core::local::LocalNetwork;
 use raft_core::memory::{MemoryLogStore, MemorySnapshotStore};
 use raft_core::protocol::MembershipChange;
 use raft_core::runtime::{
     ClientError, NodeStatus, Parts, RaftNode, ReadConsistency, RuntimeConfig, SnapshotPolicy, StartMode,
 };
-use raft_core::state_machine::{SnapshotSource, StateMachine, StateMachineError};
-use raft_core::storage::SnapshotReader;
-use raft_core::types::{Entry, EntryPayload, Membership, NodeId, Role};
-
-/// A string map: commands are `key=value`, queries are `key`.
-#[derive(Default)]
-struct MapStateMachine {
-    map: BTreeMap<String, String>,
-}
-
-fn encode(map: &BTreeMap<String, String>) -> Bytes {
-    let mut out = BytesMut::new();
-    for (key, value) in map {
-        out.extend_from_slice(format!("{key}={value}\n").as_bytes());
-    }
-    out.freeze()
-}
-
-#[async_trait]
-impl StateMachine for MapStateMachine {
-    async fn apply(&mut self, entries: &[Entry]) -> Result<Vec<Bytes>, StateMachineError> {
-        let mut responses = Vec::with_capacity(entries.len());
-        for entry in entries {
-            let mut response = Bytes::new();
-            if let EntryPayload::Command { data, .. } = &entry.payload {
-                let text = String::from_utf8_lossy(data);
-                if let Some((key, value)) = text.split_once('=') {
-                    let previous = self.map.insert(key.to_string(), value.to_string());
-                    response = Bytes::from(previous.unwrap_or_default());
-                }
-            }
-            responses.push(response);
-        }
-        Ok(responses)
-    }
-
-    async fn query(&mut self, query: Bytes) -> Result<Bytes, StateMachineError> {
-        let key = String::from_utf8_lossy(&query).to_string();
-        Ok(self.map.get(&key).map(|v| Bytes::from(v.clone())).unwrap_or_default())
-    }
-
-    async fn begin_snapshot(&mut self) -> Result<Box<dyn SnapshotSource>, StateMachineError> {
-        Ok(Box::new(OneChunk(Some(encode(&self.map)))))
-    }
-
-    async fn restore(&mut self, snapshot: &mut dyn SnapshotReader) -> Result<(), StateMachineError> {
-        let mut data = Vec::new();
-        let mut offset = 0;
-        loop {
-            let (chunk, done) = snapshot.read_at(offset, 64 * 1024).await?;
-            offset += chunk.len() as u64;
-            data.extend_from_slice(&chunk);
-            if done {
-                break;
-            }
-        }
-        self.map.clear();
-        for line in String::from_utf8_lossy(&data).lines() {
-            let (key, value) = line
-                .split_once('=')
-                .ok_or_else(|| StateMachineError::MalformedSnapshot(format!("line without '=': {line}")))?;
-            self.map.insert(key.to_string(), value.to_string());
-        }
-        Ok(())
-    }
-}
-
-struct OneChunk(Option<Bytes>);
-
-#[async_trait]
-impl SnapshotSource for OneChunk {
-    async fn next_chunk(&mut self) -> Result<Option<Bytes>, StateMachineError> {
-        Ok(self.0.take())
-    }
-}
+use raft_core::testing::map_state_machine::MapStateMachine;
+use raft_core::types::{Membership, NodeId, Role};
 
 /// The stores of one node, kept across restarts.
 #[derive(Clone, Default)]

@@ -7,78 +7,15 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use raft_core::local::LocalNetwork;
 use raft_core::runtime::{
     NodeStatus, Parts, RaftNode, ReadConsistency, RuntimeConfig, SnapshotPolicy, StartMode,
 };
-use raft_core::state_machine::{SnapshotSource, StateMachine, StateMachineError};
-use raft_core::storage::SnapshotReader;
-use raft_core::types::{Entry, EntryPayload, Membership, NodeId, Role};
+use raft_core::testing::map_state_machine::MapStateMachine;
+use raft_core::types::{Membership, NodeId, Role};
 
 const WAIT: Duration = Duration::from_secs(30);
-
-/// A string map: commands are `key=value`, queries are `key`; the snapshot
-/// is the map as `key=value` lines.
-#[derive(Default)]
-struct MapStateMachine {
-    map: BTreeMap<String, String>,
-}
-
-#[async_trait]
-impl StateMachine for MapStateMachine {
-    async fn apply(&mut self, entries: &[Entry]) -> Result<Vec<Bytes>, StateMachineError> {
-        for entry in entries {
-            if let EntryPayload::Command { data, .. } = &entry.payload {
-                if let Some((key, value)) = String::from_utf8_lossy(data).split_once('=') {
-                    self.map.insert(key.to_string(), value.to_string());
-                }
-            }
-        }
-        Ok(vec![Bytes::new(); entries.len()])
-    }
-
-    async fn query(&mut self, query: Bytes) -> Result<Bytes, StateMachineError> {
-        let key = String::from_utf8_lossy(&query).to_string();
-        Ok(self.map.get(&key).map(|value| Bytes::from(value.clone())).unwrap_or_default())
-    }
-
-    async fn begin_snapshot(&mut self) -> Result<Box<dyn SnapshotSource>, StateMachineError> {
-        let mut out = BytesMut::new();
-        for (key, value) in &self.map {
-            out.extend_from_slice(format!("{key}={value}\n").as_bytes());
-        }
-        Ok(Box::new(OneChunk(Some(out.freeze()))))
-    }
-
-    async fn restore(&mut self, snapshot: &mut dyn SnapshotReader) -> Result<(), StateMachineError> {
-        let mut data = Vec::new();
-        loop {
-            let (chunk, done) = snapshot.read_at(data.len() as u64, 64 * 1024).await?;
-            data.extend_from_slice(&chunk);
-            if done {
-                break;
-            }
-        }
-        self.map.clear();
-        for line in String::from_utf8_lossy(&data).lines() {
-            if let Some((key, value)) = line.split_once('=') {
-                self.map.insert(key.to_string(), value.to_string());
-            }
-        }
-        Ok(())
-    }
-}
-
-struct OneChunk(Option<Bytes>);
-
-#[async_trait]
-impl SnapshotSource for OneChunk {
-    async fn next_chunk(&mut self) -> Result<Option<Bytes>, StateMachineError> {
-        Ok(self.0.take())
-    }
-}
 
 /// Opens a node's stores. `RaftNode::shutdown` returns only once the
 /// storage task released them, so a restart can reopen them at once (redb

@@ -4,18 +4,16 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use raft_core::memory::{MemoryLogStore, MemorySnapshotStore};
 use raft_core::message::{Heartbeat, Message, MessageBody};
 use raft_core::runtime::{NodeStatus, Parts, RaftNode, RuntimeConfig, SnapshotPolicy, StartMode};
-use raft_core::state_machine::{SnapshotSource, StateMachine, StateMachineError};
-use raft_core::storage::SnapshotReader;
+use raft_core::testing::map_state_machine::MapStateMachine;
 use raft_core::transport::Inbox;
-use raft_core::types::{Entry, EntryPayload, LogIndex, Membership, NodeId, Role, Term};
+use raft_core::types::{LogIndex, Membership, NodeId, Role, Term};
 use raft_transport_quic::certs::ClusterCa;
 use raft_transport_quic::{ClusterId, NodeIdentity, QuicTransport, TransportConfig};
 use tokio::sync::mpsc;
@@ -130,151 +128,6 @@ pub async fn close_of(connection: &quinn::Connection) -> (quinn::VarInt, String)
 }
 
 // ---------------------------------------------------------------------------
-// The state machine: a string map plus a synthetic state of a chosen size.
-
-/// A 1 MiB block of pseudo-random bytes; the synthetic state is this block
-/// repeated, each copy XORed with its block number, so every byte depends
-/// on its offset and a misplaced chunk is caught.
-fn pattern_block() -> &'static [u8] {
-    static BLOCK: OnceLock<Vec<u8>> = OnceLock::new();
-    BLOCK.get_or_init(|| {
-        let mut state = 0x1234_5678_9abc_def0_u64;
-        (0..1 << 20)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                state as u8
-            })
-            .collect()
-    })
-}
-
-pub const BLOCK_BYTES: u64 = 1 << 20;
-
-fn ballast_block(number: u64) -> Bytes {
-    let key = number as u8;
-    Bytes::from(pattern_block().iter().map(|b| b ^ key).collect::<Vec<u8>>())
-}
-
-/// Commands are `key=value`, queries are `key`. The snapshot is an 8-byte
-/// ballast length, the map as `key=value\n` lines with a 4-byte length,
-/// then the ballast.
-pub struct MapStateMachine {
-    map: BTreeMap<String, String>,
-    ballast_bytes: u64,
-}
-
-impl MapStateMachine {
-    pub fn new(ballast_bytes: u64) -> Self {
-        MapStateMachine { map: BTreeMap::new(), ballast_bytes }
-    }
-}
-
-#[async_trait]
-impl StateMachine for MapStateMachine {
-    async fn apply(&mut self, entries: &[Entry]) -> Result<Vec<Bytes>, StateMachineError> {
-        let mut responses = Vec::with_capacity(entries.len());
-        for entry in entries {
-            if let EntryPayload::Command { data, .. } = &entry.payload {
-                let text = String::from_utf8_lossy(data);
-                if let Some((key, value)) = text.split_once('=') {
-                    self.map.insert(key.to_string(), value.to_string());
-                }
-            }
-            responses.push(Bytes::new());
-        }
-        Ok(responses)
-    }
-
-    async fn query(&mut self, query: Bytes) -> Result<Bytes, StateMachineError> {
-        let key = String::from_utf8_lossy(&query).to_string();
-        Ok(self.map.get(&key).map(|v| Bytes::from(v.clone())).unwrap_or_default())
-    }
-
-    async fn begin_snapshot(&mut self) -> Result<Box<dyn SnapshotSource>, StateMachineError> {
-        let mut head = BytesMut::new();
-        let lines: String = self.map.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
-        head.extend_from_slice(&self.ballast_bytes.to_le_bytes());
-        head.extend_from_slice(&(lines.len() as u32).to_le_bytes());
-        head.extend_from_slice(lines.as_bytes());
-        Ok(Box::new(Snapshot { head: Some(head.freeze()), next_block: 0, ballast_bytes: self.ballast_bytes }))
-    }
-
-    async fn restore(&mut self, snapshot: &mut dyn SnapshotReader) -> Result<(), StateMachineError> {
-        let mut reader = ChunkReader { snapshot, offset: 0, buffer: BytesMut::new(), done: false };
-        let header = reader.read_exact(12).await?;
-        let ballast_bytes = u64::from_le_bytes(header[..8].try_into().unwrap());
-        let lines_bytes = u32::from_le_bytes(header[8..12].try_into().unwrap()) as usize;
-        let lines = reader.read_exact(lines_bytes).await?;
-        let mut map = BTreeMap::new();
-        for line in String::from_utf8_lossy(&lines).lines() {
-            let (key, value) = line.split_once('=').ok_or_else(|| malformed("a line without '='"))?;
-            map.insert(key.to_string(), value.to_string());
-        }
-        for block in 0..ballast_bytes.div_ceil(BLOCK_BYTES) {
-            let length = (ballast_bytes - block * BLOCK_BYTES).min(BLOCK_BYTES) as usize;
-            let bytes = reader.read_exact(length).await?;
-            if bytes[..] != ballast_block(block)[..length] {
-                return Err(malformed(&format!("ballast block {block} differs")));
-            }
-        }
-        self.map = map;
-        self.ballast_bytes = ballast_bytes;
-        Ok(())
-    }
-}
-
-fn malformed(what: &str) -> StateMachineError {
-    StateMachineError::MalformedSnapshot(what.to_string())
-}
-
-struct Snapshot {
-    head: Option<Bytes>,
-    next_block: u64,
-    ballast_bytes: u64,
-}
-
-#[async_trait]
-impl SnapshotSource for Snapshot {
-    async fn next_chunk(&mut self) -> Result<Option<Bytes>, StateMachineError> {
-        if let Some(head) = self.head.take() {
-            return Ok(Some(head));
-        }
-        let start = self.next_block * BLOCK_BYTES;
-        if start >= self.ballast_bytes {
-            return Ok(None);
-        }
-        let length = (self.ballast_bytes - start).min(BLOCK_BYTES) as usize;
-        let block = ballast_block(self.next_block).slice(..length);
-        self.next_block += 1;
-        Ok(Some(block))
-    }
-}
-
-struct ChunkReader<'a> {
-    snapshot: &'a mut dyn SnapshotReader,
-    offset: u64,
-    buffer: BytesMut,
-    done: bool,
-}
-
-impl ChunkReader<'_> {
-    async fn read_exact(&mut self, length: usize) -> Result<Bytes, StateMachineError> {
-        while self.buffer.len() < length {
-            if self.done {
-                return Err(malformed("the snapshot ended early"));
-            }
-            let (chunk, done) = self.snapshot.read_at(self.offset, BLOCK_BYTES).await?;
-            self.offset += chunk.len() as u64;
-            self.done = done;
-            self.buffer.extend_from_slice(&chunk);
-        }
-        Ok(self.buffer.split_to(length).freeze())
-    }
-}
-
-// ---------------------------------------------------------------------------
 // A cluster of runtimes over QUIC.
 
 /// Arrival times of heartbeats at one node, recorded between the transport
@@ -375,7 +228,7 @@ impl QuicCluster {
         let parts = Parts {
             log_store: Arc::new(disk.log),
             snapshot_store: Arc::new(disk.snapshots),
-            state_machine: Box::new(MapStateMachine::new(self.ballast_bytes)),
+            state_machine: Box::new(MapStateMachine::with_ballast(self.ballast_bytes)),
             transport: Arc::new(transport.clone()),
             inbox: runtime_receiver,
         };
