@@ -67,7 +67,7 @@ async fn run(directory: PathBuf, mut random: u64) -> Result<(), String> {
         stdout.flush().map_err(|e| e.to_string())?;
         // Now and then take a snapshot and compact, so kills also land in
         // the middle of those.
-        if next_random(&mut random) % 20 == 0 {
+        if next_random(&mut random).is_multiple_of(20) {
             let keep = last.saturating_sub(next_random(&mut random) % 64);
             let meta = SnapshotMeta {
                 last_index: LogIndex(keep),
