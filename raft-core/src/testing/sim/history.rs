@@ -4,41 +4,9 @@
 
 use std::fmt;
 
-/// What a client asked for on one key.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ClientOp {
-    /// Read the key.
-    Read,
-    /// Set the key to a value.
-    Write(u64),
-    /// Compare-and-set on the key's value (`None`: absent).
-    Cas {
-        /// The value the key must hold.
-        expected: Option<u64>,
-        /// The value to set (`None`: delete).
-        new: Option<u64>,
-    },
-    /// Remove the key.
-    Delete,
-}
-
-/// What the client learnt about an operation.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum OpOutcome {
-    /// A read returned this value.
-    Read(Option<u64>),
-    /// A write was applied.
-    Written,
-    /// A compare-and-set was applied; whether it matched.
-    Cas(bool),
-    /// A delete was applied.
-    Deleted,
-    /// The operation certainly did not take effect.
-    Failed,
-    /// The operation may or may not have taken effect (a write that timed
-    /// out after it may have been appended somewhere).
-    Indeterminate,
-}
+/// What a client asked for on one key, and what it learnt: the checker's
+/// own types, so the history needs no translation.
+pub use crate::testing::linearizability::{Op as ClientOp, Outcome as OpOutcome};
 
 /// One operation of the history.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -2,32 +2,18 @@
 //! register, writes that timed out may have taken effect at any time after
 //! they were sent, reads that failed took no effect.
 
-use super::history::{ClientOp, History, OpOutcome, OperationRecord};
+use super::history::{History, OperationRecord};
 use super::{Property, Violation};
-use crate::testing::linearizability::{self, Op, Operation, Outcome, Verdict};
+use crate::testing::linearizability::{self, Operation, Verdict};
 
 fn to_operation(record: &OperationRecord) -> Operation {
-    let op = match record.op {
-        ClientOp::Read => Op::Read,
-        ClientOp::Write(value) => Op::Write(value),
-        ClientOp::Cas { expected, new } => Op::Cas { expected, new },
-        ClientOp::Delete => Op::Delete,
-    };
-    let outcome = match record.outcome {
-        OpOutcome::Read(value) => Outcome::Read(value),
-        OpOutcome::Written => Outcome::Written,
-        OpOutcome::Cas(matched) => Outcome::Cas(matched),
-        OpOutcome::Deleted => Outcome::Deleted,
-        OpOutcome::Failed => Outcome::Failed,
-        OpOutcome::Indeterminate => Outcome::Indeterminate,
-    };
     Operation {
         client: record.client,
         key: record.key,
-        op,
+        op: record.op,
         invoke: record.invoke_step,
         complete: record.complete_step,
-        outcome,
+        outcome: record.outcome,
     }
 }
 
@@ -50,6 +36,7 @@ pub fn check_history(history: &History, now: u64) -> Result<(), Violation> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::sim::history::{ClientOp, OpOutcome};
 
     #[test]
     fn a_stale_read_is_reported_and_a_maybe_applied_write_is_not_required() {
