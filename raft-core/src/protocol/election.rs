@@ -236,40 +236,38 @@ impl Engine {
 
     /// Answers a vote or pre-vote request in the current term (or, for a
     /// pre-vote, a future one).
-    pub(super) fn handle_request_vote(&mut self, message: &Message, request: &RequestVote) {
-        let can_vote = self.vote == message.from
+    pub(super) fn handle_request_vote(&mut self, from: NodeId, message_term: Term, request: &RequestVote) {
+        let can_vote = self.vote == from
             || (self.vote == NodeId::NONE && self.leader == NodeId::NONE)
-            || (request.kind == VoteKind::PreVote && message.term > self.term);
+            || (request.kind == VoteKind::PreVote && message_term > self.term);
         let log_ok = self.log.is_up_to_date(request.last_log_index, request.last_log_term)
             || self.bug(|b| b.vote_without_log_check);
         let granted = can_vote && log_ok;
-        let term = if granted { message.term } else { self.term };
+        let term = if granted { message_term } else { self.term };
         if granted && request.kind == VoteKind::Vote {
-            self.vote = message.from;
+            self.vote = from;
             self.election_elapsed = 0;
         }
         let body = MessageBody::RequestVoteResponse(RequestVoteResponse { kind: request.kind, granted });
         match request.kind {
             // The vote is durable before the answer leaves.
-            VoteKind::Vote => self.send_after_persist(message.from, term, body),
-            VoteKind::PreVote => {
-                self.messages.push(Message { from: self.config.id, to: message.from, term, body })
-            }
+            VoteKind::Vote => self.send_after_persist(from, term, body),
+            VoteKind::PreVote => self.messages.push(Message { from: self.config.id, to: from, term, body }),
         }
     }
 
     /// Counts a vote answer while campaigning.
-    pub(super) fn handle_vote_response(&mut self, message: &Message, response: &RequestVoteResponse) {
+    pub(super) fn handle_vote_response(&mut self, from: NodeId, response: &RequestVoteResponse) {
         let expected = match self.role {
             Role::PreCandidate => VoteKind::PreVote,
             Role::Candidate => VoteKind::Vote,
             _ => return,
         };
-        if response.kind != expected || !self.membership.is_voter(message.from) {
+        if response.kind != expected || !self.membership.is_voter(from) {
             self.stats.dropped_irrelevant += 1;
             return;
         }
-        self.votes.entry(message.from).or_insert(response.granted);
+        self.votes.entry(from).or_insert(response.granted);
         match self.poll() {
             Poll::Won if expected == VoteKind::PreVote => self.campaign(VoteKind::Vote, false),
             Poll::Won => self.become_leader(),
@@ -281,13 +279,9 @@ impl Engine {
     pub(super) fn step_candidate(&mut self, message: Message) -> Result<(), StepError> {
         match &message.body {
             MessageBody::RequestVote(request) => {
-                let request = request.clone();
-                self.handle_request_vote(&message, &request);
+                self.handle_request_vote(message.from, message.term, request)
             }
-            MessageBody::RequestVoteResponse(response) => {
-                let response = response.clone();
-                self.handle_vote_response(&message, &response);
-            }
+            MessageBody::RequestVoteResponse(response) => self.handle_vote_response(message.from, response),
             MessageBody::AppendEntries(_) | MessageBody::Heartbeat(_) | MessageBody::InstallSnapshot(_) => {
                 // A leader of this term exists: follow it.
                 self.become_follower(message.term, message.from);

@@ -415,7 +415,6 @@ impl Engine {
         // Everything read from storage is durable already.
         let _ = log.take_unstable();
         let commit = state.hard_state.commit.max(snapshot.last_index).min(log.last_index());
-        let id = config.id;
         let rng = Rng::new(config.random_seed);
         let base_membership = (snapshot.last_index, snapshot.membership.clone());
         let vote_embargo = config.lease_reads;
@@ -468,7 +467,6 @@ impl Engine {
         engine.recompute_membership();
         engine.reset_randomized_election_timeout();
         debug_assert_eq!(engine.check_invariants(), Ok(()));
-        let _ = id;
         Ok(engine)
     }
 

@@ -248,7 +248,7 @@ impl Engine {
         let tracked = self.leader_state.as_deref().is_some_and(|s| s.progress.contains_key(&from));
         match message.body {
             MessageBody::RequestVote(request) => {
-                self.handle_request_vote(&Message { body: MessageBody::TimeoutNow, ..message }, &request);
+                self.handle_request_vote(from, message.term, &request);
             }
             // A leader's log only grows during its term, so no follower can
             // hold more of it than it has; such an ack would corrupt progress.
@@ -462,7 +462,7 @@ impl Engine {
                 self.handle_install_snapshot(from, chunk);
             }
             MessageBody::RequestVote(request) => {
-                self.handle_request_vote(&Message { body: MessageBody::TimeoutNow, ..message }, &request);
+                self.handle_request_vote(from, message.term, &request);
             }
             MessageBody::TimeoutNow => self.handle_timeout_now(from),
             MessageBody::ReadIndexResponse(response) => self.handle_read_index_response(from, &response),
