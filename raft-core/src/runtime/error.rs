@@ -72,6 +72,21 @@ pub enum ClientError {
 }
 
 impl ClientError {
+    /// Whether asking again may succeed: leadership moved or was not yet
+    /// known, the engine was busy, or no answer came in time (a write that
+    /// timed out may still take effect: retry it with the same client
+    /// request id).
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            ClientError::NotLeader { .. }
+                | ClientError::Timeout
+                | ClientError::Read(ReadError::LeadershipLost | ReadError::NoLeader | ReadError::Timeout)
+                | ClientError::Read(ReadError::Busy(_))
+                | ClientError::Propose(ProposeError::Busy { .. })
+        )
+    }
+
     /// The leader to retry at, if this error names one.
     pub fn leader_hint(&self) -> Option<NodeId> {
         let leader = match self {

@@ -11,22 +11,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use raft_core::local::LocalNetwork;
 use raft_core::memory::{MemoryLogStore, MemorySnapshotStore};
-use raft_core::protocol::{MembershipChange, ReadError};
+use raft_core::protocol::MembershipChange;
 use raft_core::runtime::{
     ClientError, NodeStatus, Parts, RaftNode, ReadConsistency, RuntimeConfig, SnapshotPolicy, StartMode,
 };
+use raft_core::testing::client::read_retrying;
 use raft_core::testing::map_state_machine::MapStateMachine;
 use raft_core::types::{Membership, NodeId, Role};
-
-/// Whether a failed read may succeed when asked again: leadership moved or
-/// was not yet known, or the answer did not come in time.
-fn is_transient(error: &ClientError) -> bool {
-    matches!(
-        error,
-        ClientError::Read(ReadError::LeadershipLost | ReadError::NoLeader | ReadError::Timeout)
-            | ClientError::Timeout
-    )
-}
 
 /// The stores of one node, kept across restarts.
 #[derive(Clone, Default)]
@@ -126,22 +117,10 @@ impl TestCluster {
         self.nodes[&leader].propose(data, None).await.expect("the write commits");
     }
 
-    /// Reads like a client: a read refused because leadership moved (which
-    /// happens when a loaded machine starves a node of its heartbeats) is
-    /// retried, for at most `WAIT`; any other error is returned.
+    /// Reads like a patient client (see `read_retrying`).
     async fn read(&self, id: u64, key: &str, consistency: ReadConsistency) -> Result<String, ClientError> {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            match self.nodes[&id].read(Bytes::from(key.to_string()), consistency).await {
-                Ok(bytes) => return Ok(String::from_utf8_lossy(&bytes).to_string()),
-                Err(error) if is_transient(&error) && tokio::time::Instant::now() < deadline => {
-                    // Let the election finish before asking again.
-                    let mut status = self.nodes[&id].status();
-                    let _ = tokio::time::timeout(WAIT, status.wait_for(|s| s.leader != NodeId::NONE)).await;
-                }
-                Err(error) => return Err(error),
-            }
-        }
+        let bytes = read_retrying(&self.nodes[&id], Bytes::from(key.to_string()), consistency, WAIT).await?;
+        Ok(String::from_utf8_lossy(&bytes).to_string())
     }
 
     async fn wait_applied_everywhere(&self, ids: &[u64], index: raft_core::LogIndex) {

@@ -12,6 +12,7 @@ use raft_core::local::LocalNetwork;
 use raft_core::runtime::{
     NodeStatus, Parts, RaftNode, ReadConsistency, RuntimeConfig, SnapshotPolicy, StartMode,
 };
+use raft_core::testing::client::read_retrying;
 use raft_core::testing::map_state_machine::MapStateMachine;
 use raft_core::types::{Membership, NodeId, Role};
 
@@ -86,7 +87,13 @@ impl Cluster {
     }
 
     async fn read(&self, id: u64, key: &str) -> String {
-        let value = self.nodes[&id].read(Bytes::from(key.to_string()), ReadConsistency::Linearizable).await;
+        let value = read_retrying(
+            &self.nodes[&id],
+            Bytes::from(key.to_string()),
+            ReadConsistency::Linearizable,
+            WAIT,
+        )
+        .await;
         String::from_utf8_lossy(&value.expect("the read succeeds")).to_string()
     }
 

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use raft_core::runtime::{ReadConsistency, StartMode};
+use raft_core::testing::client::read_retrying;
 use raft_core::types::NodeId;
 
 use crate::support::*;
@@ -20,8 +21,14 @@ async fn three_nodes_elect_and_replicate() {
         cluster.put(leader, &format!("k{i}"), &format!("v{i}")).await;
     }
     for id in [1, 2, 3] {
-        let read =
-            cluster.nodes[&id].raft.read(Bytes::from("k99"), ReadConsistency::Linearizable).await.unwrap();
+        let read = read_retrying(
+            &cluster.nodes[&id].raft,
+            Bytes::from("k99"),
+            ReadConsistency::Linearizable,
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
         assert_eq!(read, Bytes::from("v99"), "node {id}");
     }
     let stats = cluster.nodes[&leader].transport.stats();
@@ -104,8 +111,14 @@ async fn the_cluster_survives_restarts_of_a_follower_and_the_leader() {
     cluster.start(leader, StartMode::Restart).await;
     cluster.wait_for(leader, "following the new leader", |s| s.leader == NodeId(new_leader)).await;
     for id in [1, 2, 3] {
-        let read =
-            cluster.nodes[&id].raft.read(Bytes::from("a"), ReadConsistency::Linearizable).await.unwrap();
+        let read = read_retrying(
+            &cluster.nodes[&id].raft,
+            Bytes::from("a"),
+            ReadConsistency::Linearizable,
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
         assert_eq!(read, Bytes::from("3"), "node {id}");
     }
     // Every restart ended with at most one connection per pair (followers
