@@ -26,6 +26,7 @@ fn leader_status(term: u64, leader: u64, last_index: u64) -> NodeStatus {
         } else {
             Vec::new()
         },
+        stats: Default::default(),
         stopped: None,
     }
 }

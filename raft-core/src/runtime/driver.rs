@@ -417,6 +417,7 @@ impl Driver {
             snapshot_index: status.snapshot_index,
             membership: status.membership,
             peers,
+            stats: self.engine.stats(),
             stopped: self.stopped.clone(),
         });
     }

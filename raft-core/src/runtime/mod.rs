@@ -30,7 +30,7 @@ use tokio::task::JoinHandle;
 pub use error::{ClientError, StartError};
 
 use crate::message::Message;
-use crate::protocol::{Config, Engine, MembershipChange};
+use crate::protocol::{Config, Engine, EngineStats, MembershipChange};
 use crate::state_machine::StateMachine;
 use crate::storage::{LogStore, SnapshotStore};
 use crate::transport::Transport;
@@ -132,6 +132,8 @@ pub struct NodeStatus {
     pub membership: Membership,
     /// On a leader: each peer's match index.
     pub peers: Vec<(NodeId, LogIndex)>,
+    /// The engine's counters of dropped messages, elections and snapshots.
+    pub stats: EngineStats,
     /// Set once the node stopped, with the reason if it failed.
     pub stopped: Option<String>,
 }

@@ -1,0 +1,4 @@
+//! A replicated, linearizable key-value node.
+
+pub mod api;
+pub mod kv;
