@@ -23,6 +23,34 @@ pub const FORWARDED_HEADER: &str = "x-raft-forwarded-by";
 /// Header naming the node that answered, on every response.
 pub const NODE_HEADER: &str = "x-raft-node";
 
+/// How fresh a read must be: `?consistency=` on `GET /v1/kv/{key}` and
+/// `GET /v1/kv`. The wire form is the snake-case name ([`Consistency::as_str`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Consistency {
+    /// Confirmed with a quorum (ReadIndex): sees every write acknowledged
+    /// before the read started. The default.
+    #[default]
+    Linearizable,
+    /// Served by the leader under its lease, without a quorum round: as
+    /// fresh as linearizable unless clocks drift beyond the lease's margin.
+    Lease,
+    /// Served from this node's state machine as it is: may miss recent
+    /// writes, but needs no leader.
+    Stale,
+}
+
+impl Consistency {
+    /// The value of the `consistency` query parameter.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Consistency::Linearizable => "linearizable",
+            Consistency::Lease => "lease",
+            Consistency::Stale => "stale",
+        }
+    }
+}
+
 /// The answer to a successful write (`PUT` or `DELETE` on a key): the log
 /// position of the entry, once it is committed and applied.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

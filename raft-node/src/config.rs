@@ -362,8 +362,8 @@ fn invalid(message: impl Into<String>) -> ConfigError {
 impl FileConfig {
     /// Reads and parses a TOML file.
     pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
-        let text =
-            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.into(), source })?;
         toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })
     }
 }
@@ -425,8 +425,11 @@ impl NodeConfig {
         let bootstrap = args.bootstrap || file.bootstrap.enabled;
         let join_url = args.join.clone().or(file.join.url.clone());
         let join_role = args.join_as.or(file.join.role);
-        let member_texts =
-            if args.initial_members.is_empty() { &file.bootstrap.initial_members } else { &args.initial_members };
+        let member_texts = if args.initial_members.is_empty() {
+            &file.bootstrap.initial_members
+        } else {
+            &args.initial_members
+        };
         let tls_ca = args.tls_ca.clone().or(file.tls.ca.clone());
         let tls_cert = args.tls_cert.clone().or(file.tls.cert.clone());
         let tls_key = args.tls_key.clone().or(file.tls.key.clone());
@@ -435,12 +438,16 @@ impl NodeConfig {
         // Development mode: nothing that names a cluster was given.
         let dev = id.is_none() && !bootstrap && join_url.is_none() && member_texts.is_empty() && !any_tls;
         if bootstrap && join_url.is_some() {
-            return Err(invalid("--bootstrap and --join exclude each other: a node starts one cluster or joins one"));
+            return Err(invalid(
+                "--bootstrap and --join exclude each other: a node starts one cluster or joins one",
+            ));
         }
         let id = match (id, dev) {
             (Some(id), _) => id,
             (None, true) => 1,
-            (None, false) => return Err(invalid("the node id is missing: pass --id or set `id` in the file")),
+            (None, false) => {
+                return Err(invalid("the node id is missing: pass --id or set `id` in the file"))
+            }
         };
 
         let data_dir = args.data_dir.clone().or(file.data_dir).unwrap_or_else(|| PathBuf::from(DEV_DATA_DIR));
@@ -545,7 +552,8 @@ impl NodeConfig {
 
         let raft = file.raft;
         let tick_interval_ms = args.tick_interval_ms.or(raft.tick_interval_ms).unwrap_or(15);
-        let election_timeout_ticks = args.election_timeout_ticks.or(raft.election_timeout_ticks).unwrap_or(10);
+        let election_timeout_ticks =
+            args.election_timeout_ticks.or(raft.election_timeout_ticks).unwrap_or(10);
         let heartbeat_interval_ticks = raft.heartbeat_interval_ticks.unwrap_or(1);
         if !(1..=10_000).contains(&tick_interval_ms) {
             return Err(invalid("tick_interval_ms must be between 1 and 10000"));

@@ -1,1 +1,5 @@
+//! raft-node's integration tests: nodes started in this process through
+//! the library, and real `raft-node` processes on loopback.
 
+mod in_process;
+mod support;
