@@ -55,6 +55,7 @@
 #![deny(missing_docs)]
 
 pub mod names;
+mod process;
 mod node;
 
 pub use node::{NodeMetrics, PeerTransportFigures, TransportFigures};

@@ -221,6 +221,14 @@ metric_names! {
     // --- Process ---
     /// Gauge: when the node process started (Unix time).
     PROCESS_START_TIME_SECONDS = "raft_process_start_time_seconds", Gauge, Some(Unit::Seconds), [], "When the node process started, in seconds since the Unix epoch.";
+    /// Gauge: the process's resident memory.
+    PROCESS_RESIDENT_MEMORY_BYTES = "raft_process_resident_memory_bytes", Gauge, Some(Unit::Bytes), [], "Resident memory of the node process, in bytes.";
+    /// Gauge: CPU time the process used so far (user + system). A gauge
+    /// because the `metrics` facade's counters are integers; it only grows,
+    /// so `rate()` over it gives CPU use.
+    PROCESS_CPU_SECONDS = "raft_process_cpu_seconds", Gauge, Some(Unit::Seconds), [], "CPU time (user and system) the node process used since it started, in seconds.";
+    /// Gauge: open file descriptors.
+    PROCESS_OPEN_FDS = "raft_process_open_fds", Gauge, None, [], "File descriptors the node process has open.";
 }
 
 /// The description of `name`, if it is one of [`ALL`].

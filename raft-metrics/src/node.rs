@@ -115,6 +115,18 @@ impl NodeMetrics {
         self.memory.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Sets the process gauges (resident memory, CPU time, open file
+    /// descriptors) from `/proc/self`; does nothing where that is missing.
+    pub fn record_process(&self) {
+        let node = self.node();
+        if let Some(process) = crate::process::ProcessFigures::read() {
+            gauge!(names::PROCESS_RESIDENT_MEMORY_BYTES, labels::NODE => node.clone())
+                .set(as_gauge(process.resident_memory_bytes));
+            gauge!(names::PROCESS_CPU_SECONDS, labels::NODE => node.clone()).set(process.cpu_seconds);
+            gauge!(names::PROCESS_OPEN_FDS, labels::NODE => node).set(as_gauge(process.open_fds));
+        }
+    }
+
     /// Sets the state gauges from a status and derives
     /// `raft_leader_changes_total` (a known leader differing from the last
     /// one seen, by id or term) and the per-peer progress gauges (on a

@@ -66,6 +66,7 @@ fn record_everything(metrics: &NodeMetrics) {
     metrics.record_read(ReadConsistency::Linearizable);
     metrics.observe_read_index(Duration::from_millis(1));
     metrics.observe_http_request("GET", "/keys/{key}", 200, Duration::from_millis(2));
+    metrics.record_process();
 }
 
 fn render(record: impl FnOnce()) -> String {

@@ -428,8 +428,8 @@ async fn keep_directory(
     }
 }
 
-/// Records the node's status on every change (at most every 100 ms) and the
-/// transport's figures every second.
+/// Records the node's status on every change (at most every 100 ms), and the
+/// transport's and the process's figures every second.
 async fn record_metrics(
     raft: RaftNode,
     transport: QuicTransport,
@@ -449,7 +449,10 @@ async fn record_metrics(
                 // Coalesce bursts of status changes under load.
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            _ = transport_tick.tick() => metrics.record_transport(&transport_figures(&transport)),
+            _ = transport_tick.tick() => {
+                metrics.record_transport(&transport_figures(&transport));
+                metrics.record_process();
+            }
             () = stopped(&mut stop) => return,
         }
     }
