@@ -3,7 +3,7 @@
 //! process; "durable" means "visible to the next `read_state` of the same
 //! store object", which is what restart tests within one process need.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
@@ -17,8 +17,31 @@ use crate::types::{Entry, HardState, LogIndex, SnapshotMeta};
 struct LogState {
     hard_state: HardState,
     snapshot: Option<SnapshotMeta>,
-    /// Entries after the compaction point, by index.
-    entries: BTreeMap<LogIndex, Entry>,
+    /// The index of `entries[0]`; meaningless while `entries` is empty.
+    first_index: LogIndex,
+    /// Consecutive entries after the compaction point. A double-ended queue
+    /// rather than an ordered map: appends go to the back and compaction
+    /// drops from the front, both without rebalancing or allocating per
+    /// entry, which is what the runtime benchmark spent most of its storage
+    /// time on.
+    entries: VecDeque<Entry>,
+}
+
+impl LogState {
+    /// The index after the last stored entry, or after the snapshot when no
+    /// entry is stored.
+    fn next_index(&self) -> LogIndex {
+        let snapshot_index = self.snapshot.as_ref().map_or(LogIndex(0), |s| s.last_index);
+        if self.entries.is_empty() {
+            return snapshot_index.next();
+        }
+        LogIndex(self.first_index.get() + self.entries.len() as u64).max(snapshot_index.next())
+    }
+
+    /// The position of `index` in `entries`, clamped to `0 ..= len`.
+    fn position(&self, index: LogIndex) -> usize {
+        (index.get().saturating_sub(self.first_index.get()) as usize).min(self.entries.len())
+    }
 }
 
 /// A log store in memory.
@@ -38,30 +61,70 @@ impl MemoryLogStore {
     }
 }
 
+/// Refuses a write that would leave a log `read_state` cannot return as one
+/// consecutive run: entries that do not follow each other, or a first entry
+/// past the end of the stored log. Checked before anything changes, so a
+/// refused write leaves the store as it was.
+fn check_write(state: &LogState, write: &LogWrite) -> Result<(), StorageError> {
+    for pair in write.entries.windows(2) {
+        if pair[1].index != pair[0].index.next() {
+            return Err(StorageError::InvalidWrite(format!(
+                "refusing a write whose entries are not consecutive ({} follows {})",
+                pair[1].index, pair[0].index
+            )));
+        }
+    }
+    let Some(first) = write.entries.first() else {
+        return Ok(());
+    };
+    let next_expected = match &write.install_snapshot {
+        Some(meta) => meta.last_index.next(),
+        None => state.next_index(),
+    };
+    if first.index > next_expected {
+        return Err(StorageError::InvalidWrite(format!(
+            "refusing to append entry {}: the log ends at {}, so it would leave a gap",
+            first.index,
+            next_expected.prev()
+        )));
+    }
+    Ok(())
+}
+
 #[async_trait]
 impl LogStore for MemoryLogStore {
     async fn read_state(&self) -> Result<RestoredState, StorageError> {
         let state = self.lock()?;
         let after = state.snapshot.as_ref().map_or(LogIndex(0), |s| s.last_index);
+        let from = state.position(after.next());
         Ok(RestoredState {
             hard_state: state.hard_state,
             snapshot: state.snapshot.clone(),
-            entries: state.entries.range(after.next()..).map(|(_, e)| e.clone()).collect(),
+            entries: state.entries.range(from..).cloned().collect(),
         })
     }
 
     async fn write(&self, write: LogWrite) -> Result<(), StorageError> {
         let mut state = self.lock()?;
+        check_write(&state, &write)?;
         if let Some(meta) = write.install_snapshot {
             state.entries.clear();
             state.snapshot = Some(meta);
         }
         if let Some(first) = write.entries.first() {
             let first_index = first.index;
-            let _ = state.entries.split_off(&first_index);
-            for entry in write.entries {
-                state.entries.insert(entry.index, entry);
+            let stored_next = LogIndex(state.first_index.get() + state.entries.len() as u64);
+            if state.entries.is_empty() || first_index < state.first_index || first_index > stored_next {
+                // Nothing stored is kept: the new entries start before the
+                // stored ones, or after a snapshot that covers them all.
+                state.entries.clear();
+                state.first_index = first_index;
+            } else {
+                // Later entries replace the stored suffix from their first index.
+                let keep = state.position(first_index);
+                state.entries.truncate(keep);
             }
+            state.entries.extend(write.entries);
         }
         if let Some(hard_state) = write.hard_state {
             state.hard_state = hard_state;
@@ -80,21 +143,22 @@ impl LogStore for MemoryLogStore {
     async fn compact(&self, up_to: LogIndex) -> Result<(), StorageError> {
         let mut state = self.lock()?;
         let limit = state.snapshot.as_ref().map_or(LogIndex(0), |s| s.last_index).min(up_to);
-        state.entries = state.entries.split_off(&limit.next());
+        let drop_count = state.position(limit.next());
+        state.entries.drain(..drop_count);
+        state.first_index = LogIndex(state.first_index.get() + drop_count as u64);
         Ok(())
     }
 
     async fn entries(&self, from: LogIndex, to: LogIndex) -> Result<Vec<Entry>, StorageError> {
         let state = self.lock()?;
-        if let Some((first, _)) = state.entries.first_key_value() {
-            if from < *first && from > LogIndex(0) {
-                return Err(StorageError::Compacted { from, start: first.prev() });
-            }
+        if !state.entries.is_empty() && from < state.first_index && from > LogIndex(0) {
+            return Err(StorageError::Compacted { from, start: state.first_index.prev() });
         }
         if from > to {
             return Ok(Vec::new());
         }
-        Ok(state.entries.range(from..=to).map(|(_, e)| e.clone()).collect())
+        let (begin, end) = (state.position(from), state.position(to.next()));
+        Ok(state.entries.range(begin..end).cloned().collect())
     }
 }
 
@@ -183,3 +247,58 @@ impl SnapshotReader for MemorySnapshotReader {
 
 // The conformance suite runs against these stores in the doctest of
 // `crate::testing::storage_suite`.
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{EntryPayload, Term};
+
+    fn entries(indexes: std::ops::RangeInclusive<u64>) -> Vec<Entry> {
+        indexes.map(|i| Entry { term: Term(1), index: LogIndex(i), payload: EntryPayload::Blank }).collect()
+    }
+
+    fn write(entries: Vec<Entry>) -> LogWrite {
+        LogWrite { entries, sync: true, ..LogWrite::default() }
+    }
+
+    fn block_on<F: std::future::Future>(future: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread().build().expect("runtime").block_on(future)
+    }
+
+    #[test]
+    fn a_write_that_would_leave_a_gap_is_refused_and_changes_nothing() {
+        block_on(async {
+            let store = MemoryLogStore::new();
+            store.write(write(entries(1..=2))).await.expect("write");
+            let gap = store.write(write(entries(4..=4))).await;
+            assert!(matches!(gap, Err(StorageError::InvalidWrite(message)) if message.contains("gap")));
+            let mut holes = entries(3..=3);
+            holes.extend(entries(5..=5));
+            let holes = store.write(write(holes)).await;
+            assert!(
+                matches!(holes, Err(StorageError::InvalidWrite(message)) if message.contains("consecutive"))
+            );
+            assert_eq!(store.read_state().await.expect("read").entries, entries(1..=2));
+        });
+    }
+
+    #[test]
+    fn appending_after_compacting_everything_continues_the_log() {
+        block_on(async {
+            let store = MemoryLogStore::new();
+            store.write(write(entries(1..=100))).await.expect("write");
+            let meta =
+                SnapshotMeta { last_index: LogIndex(100), last_term: Term(1), ..SnapshotMeta::default() };
+            store.set_snapshot(meta).await.expect("snapshot");
+            store.compact(LogIndex(100)).await.expect("compact");
+            store.write(write(entries(101..=102))).await.expect("append after the snapshot");
+            assert_eq!(store.entries(LogIndex(101), LogIndex(200)).await.expect("read"), entries(101..=102));
+            assert!(matches!(
+                store.entries(LogIndex(50), LogIndex(60)).await,
+                Err(StorageError::Compacted { .. })
+            ));
+            store.write(write(entries(102..=103))).await.expect("overwrite the last entry");
+            assert_eq!(store.read_state().await.expect("read").entries, entries(101..=103));
+        });
+    }
+}

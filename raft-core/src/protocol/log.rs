@@ -144,13 +144,15 @@ impl RaftLog {
         max_entries: usize,
         max_bytes: u64,
     ) -> (Vec<Entry>, u64) {
-        let mut out = Vec::new();
         let mut bytes = 0;
         if from > to || from <= self.start_index {
-            return (out, bytes);
+            return (Vec::new(), bytes);
         }
         let begin = (from.0 - self.start_index.0 - 1) as usize;
         let end = ((to.0 - self.start_index.0) as usize).min(self.entries.len());
+        // Sized up front: growing the vector entry by entry reallocated it
+        // several times per message.
+        let mut out = Vec::with_capacity(end.saturating_sub(begin).min(max_entries.max(1)));
         for entry in self.entries.range(begin..end) {
             let size = entry.size_bytes();
             if !out.is_empty() && (out.len() >= max_entries || bytes + size > max_bytes) {

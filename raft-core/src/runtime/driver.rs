@@ -5,16 +5,17 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio::time::MissedTickBehavior;
+use tokio::time::{Instant, MissedTickBehavior};
 
 use super::apply::{ApplyEvent, ApplyJob, ApplyTask, Waiter};
+use super::proposals::Proposals;
 use super::storage::{StorageEvent, StorageJob, StorageTask};
 use super::{ClientError, Command, NodeStatus, Parts, ReadConsistency, RuntimeConfig, StartError, StartMode};
 use crate::message::Message;
 use crate::protocol::{Engine, MembershipChange, MembershipError, PersistId, ReadMode, Ready, SnapshotRead};
 use crate::storage::{LogWrite, SnapshotStore, StorageError};
 use crate::transport::Transport;
-use crate::types::{LogIndex, NodeId, ReadId, Role, SnapshotMeta, Term};
+use crate::types::{LogIndex, NodeId, ReadId, Role, SnapshotMeta};
 
 /// Completions reported to the driver by its helper tasks.
 #[derive(Debug)]
@@ -25,6 +26,8 @@ pub(super) enum Event {
 }
 
 type ReadReply = oneshot::Sender<Result<Bytes, ClientError>>;
+type SnapshotReply = oneshot::Sender<Result<SnapshotMeta, ClientError>>;
+type TransferReply = oneshot::Sender<Result<(), ClientError>>;
 
 pub(super) struct Driver {
     engine: Engine,
@@ -38,23 +41,24 @@ pub(super) struct Driver {
     storage_jobs: mpsc::UnboundedSender<StorageJob>,
     apply_jobs: mpsc::UnboundedSender<ApplyJob>,
     status: watch::Sender<NodeStatus>,
-    /// Proposals waiting for their entry to be applied, by index.
-    proposals: BTreeMap<LogIndex, (Term, Waiter)>,
-    /// Reads waiting for the engine's confirmation, by read id.
-    reads: BTreeMap<ReadId, (Bytes, ReadReply)>,
+    /// Proposals waiting for their entry to be applied.
+    proposals: Proposals,
+    /// Reads waiting for the engine's confirmation, by read id (which is
+    /// also arrival order), with their deadline.
+    reads: BTreeMap<ReadId, (Bytes, ReadReply, Instant)>,
     /// Confirmed reads waiting for their index to be handed to the apply task.
-    confirmed_reads: VecDeque<(LogIndex, Bytes, ReadReply)>,
+    confirmed_reads: VecDeque<(LogIndex, Bytes, ReadReply, Instant)>,
     next_read_id: u64,
     /// The last index handed to the apply task.
     handed_out: LogIndex,
     /// Received snapshots to restore once their write is durable.
     installs: BTreeMap<PersistId, SnapshotMeta>,
     snapshot_in_progress: bool,
-    snapshot_waiters: Vec<oneshot::Sender<Result<SnapshotMeta, ClientError>>>,
-    transfer_waiters: Vec<oneshot::Sender<Result<(), ClientError>>>,
+    snapshot_waiters: Vec<(SnapshotReply, Instant)>,
+    transfer_waiters: Vec<(TransferReply, Instant)>,
     /// Membership changes that reached a leader before it committed an entry
-    /// of its term; retried after every batch until the client gives up.
-    parked_changes: Vec<(MembershipChange, Waiter)>,
+    /// of its term; retried after every batch until their deadline.
+    parked_changes: Vec<(MembershipChange, Waiter, Instant)>,
     stopped: Option<String>,
     shutting_down: bool,
     /// The storage and apply tasks: shutdown waits for them, so the stores
@@ -113,7 +117,7 @@ impl Driver {
             storage_jobs,
             apply_jobs,
             status,
-            proposals: BTreeMap::new(),
+            proposals: Proposals::default(),
             reads: BTreeMap::new(),
             confirmed_reads: VecDeque::new(),
             next_read_id: 1,
@@ -161,16 +165,29 @@ impl Driver {
     }
 
     /// Takes every input already queued, up to the batch bound, so that one
-    /// `ready()` covers them all.
+    /// `ready()` covers them all. Each queue is emptied in turn (completions,
+    /// then messages, then client commands) rather than one input from each
+    /// in rotation, which cost two failed polls per client command.
     fn drain_queued_inputs(&mut self) {
-        for _ in 0..self.config.max_inputs_per_batch {
-            if let Ok(event) = self.events.try_recv() {
+        let mut budget = self.config.max_inputs_per_batch;
+        loop {
+            let before = budget;
+            while budget > 0 {
+                let Ok(event) = self.events.try_recv() else { break };
                 self.handle_event(event);
-            } else if let Ok(message) = self.inbox.try_recv() {
+                budget -= 1;
+            }
+            while budget > 0 {
+                let Ok(message) = self.inbox.try_recv() else { break };
                 let _ = self.engine.step(message);
-            } else if let Ok(command) = self.commands.try_recv() {
+                budget -= 1;
+            }
+            while budget > 0 {
+                let Ok(command) = self.commands.try_recv() else { break };
                 self.handle_command(command);
-            } else {
+                budget -= 1;
+            }
+            if budget == 0 || budget == before {
                 return;
             }
         }
@@ -178,38 +195,79 @@ impl Driver {
 
     fn handle_tick(&mut self) {
         self.engine.tick();
-        self.proposals.retain(|_, (_, waiter)| !waiter.is_closed());
         if !self.transfer_waiters.is_empty()
             && self.engine.role() == Role::Leader
             && self.engine.status().transfer_target.is_none()
         {
-            for waiter in self.transfer_waiters.drain(..) {
+            for (waiter, _) in self.transfer_waiters.drain(..) {
                 let _ = waiter.send(Err(ClientError::Timeout));
             }
         }
+        self.expire_requests(Instant::now());
         self.publish_status();
+    }
+
+    /// Answers [`ClientError::Timeout`] to every request whose deadline has
+    /// passed and forgets those whose client stopped waiting. Proposals and
+    /// reads arrive in deadline order, so only their expired front is
+    /// visited; the other lists are short.
+    fn expire_requests(&mut self, now: Instant) {
+        self.proposals.expire(now);
+        while let Some(entry) = self.reads.first_entry() {
+            let (_, reply, deadline) = entry.get();
+            if *deadline > now && !reply.is_closed() {
+                break;
+            }
+            let (_, reply, _) = entry.remove();
+            let _ = reply.send(Err(ClientError::Timeout));
+        }
+        let expired = |reply: &ReadReply, deadline: Instant| deadline <= now || reply.is_closed();
+        if self.confirmed_reads.iter().any(|(_, _, reply, deadline)| expired(reply, *deadline)) {
+            let mut kept = VecDeque::with_capacity(self.confirmed_reads.len());
+            for (index, query, reply, deadline) in self.confirmed_reads.drain(..) {
+                if expired(&reply, deadline) {
+                    let _ = reply.send(Err(ClientError::Timeout));
+                } else {
+                    kept.push_back((index, query, reply, deadline));
+                }
+            }
+            self.confirmed_reads = kept;
+        }
+        for (change, reply, deadline) in std::mem::take(&mut self.parked_changes) {
+            if deadline <= now || reply.is_closed() {
+                let _ = reply.send(Err(ClientError::Timeout));
+            } else {
+                self.parked_changes.push((change, reply, deadline));
+            }
+        }
+        expire_waiters(&mut self.snapshot_waiters, now);
+        expire_waiters(&mut self.transfer_waiters, now);
     }
 
     fn handle_command(&mut self, command: Command) {
         match command {
-            Command::Propose { data, client, reply } => match self.engine.propose(data, client) {
-                Ok((term, index)) => {
-                    self.proposals.insert(index, (term, reply));
-                }
+            Command::Propose { data, client, reply, deadline } => match self.engine.propose(data, client) {
+                Ok((term, index)) => self.proposals.insert(term, index, reply, deadline),
                 Err(error) => {
                     let _ = reply.send(Err(error.into()));
                 }
             },
-            Command::Read { query, consistency, reply } => self.start_read(query, consistency, reply),
-            Command::ChangeMembership { change, reply } => self.change_membership(change, reply),
-            Command::TransferLeadership { target, reply } => match self.engine.transfer_leadership(target) {
-                Ok(()) => self.transfer_waiters.push(reply),
-                Err(error) => {
-                    let _ = reply.send(Err(error.into()));
+            Command::Read { query, consistency, reply, deadline } => {
+                self.start_read(query, consistency, reply, deadline)
+            }
+            Command::ChangeMembership { change, reply, deadline } => {
+                self.change_membership(change, reply, deadline)
+            }
+            Command::TransferLeadership { target, reply, deadline } => {
+                match self.engine.transfer_leadership(target) {
+                    Ok(()) => self.transfer_waiters.push((reply, deadline)),
+                    Err(error) => {
+                        let _ = reply.send(Err(error.into()));
+                    }
                 }
-            },
-            Command::TriggerSnapshot { reply } => {
-                self.snapshot_waiters.push(reply);
+            }
+            Command::TriggerSnapshot { reply, deadline } => {
+                self.snapshot_waiters.push((reply, deadline));
                 self.start_snapshot();
             }
             Command::Campaign => self.engine.campaign_now(),
@@ -217,12 +275,12 @@ impl Driver {
         }
     }
 
-    fn change_membership(&mut self, change: MembershipChange, reply: Waiter) {
+    fn change_membership(&mut self, change: MembershipChange, reply: Waiter, deadline: Instant) {
         match self.engine.change_membership(change.clone()) {
-            Ok((term, index)) => {
-                self.proposals.insert(index, (term, reply));
+            Ok((term, index)) => self.proposals.insert(term, index, reply, deadline),
+            Err(MembershipError::NotReady) if !reply.is_closed() => {
+                self.parked_changes.push((change, reply, deadline))
             }
-            Err(MembershipError::NotReady) if !reply.is_closed() => self.parked_changes.push((change, reply)),
             Err(error) => {
                 let _ = reply.send(Err(error.into()));
             }
@@ -235,12 +293,18 @@ impl Driver {
         {
             return;
         }
-        for (change, reply) in std::mem::take(&mut self.parked_changes) {
-            self.change_membership(change, reply);
+        for (change, reply, deadline) in std::mem::take(&mut self.parked_changes) {
+            self.change_membership(change, reply, deadline);
         }
     }
 
-    fn start_read(&mut self, query: Bytes, consistency: ReadConsistency, reply: ReadReply) {
+    fn start_read(
+        &mut self,
+        query: Bytes,
+        consistency: ReadConsistency,
+        reply: ReadReply,
+        deadline: Instant,
+    ) {
         let mode = match consistency {
             ReadConsistency::Stale => {
                 let _ = self.apply_jobs.send(ApplyJob::Read { query, reply });
@@ -253,7 +317,7 @@ impl Driver {
         self.next_read_id += 1;
         match self.engine.read_index(id, mode) {
             Ok(()) => {
-                self.reads.insert(id, (query, reply));
+                self.reads.insert(id, (query, reply, deadline));
             }
             Err(error) => {
                 let _ = reply.send(Err(error.into()));
@@ -291,7 +355,7 @@ impl Driver {
             Event::Apply(ApplyEvent::SnapshotFailed(reason)) => {
                 self.snapshot_in_progress = false;
                 tracing::warn!(node = %self.engine.id(), %reason, "building a snapshot failed");
-                for waiter in self.snapshot_waiters.drain(..) {
+                for (waiter, _) in self.snapshot_waiters.drain(..) {
                     let _ = waiter.send(Err(ClientError::StateMachine(reason.clone())));
                 }
             }
@@ -313,7 +377,7 @@ impl Driver {
             // A newer snapshot (received from the leader) is already current.
             Err(_) => Ok(self.engine.snapshot().clone()),
         };
-        for waiter in self.snapshot_waiters.drain(..) {
+        for (waiter, _) in self.snapshot_waiters.drain(..) {
             let _ = waiter.send(result.clone());
         }
     }
@@ -342,25 +406,17 @@ impl Driver {
         if let Some(last) = ready.committed_entries.last() {
             let last_index = last.index;
             let mut waiters = Vec::new();
-            for entry in &ready.committed_entries {
-                if let Some((term, waiter)) = self.proposals.remove(&entry.index) {
-                    if term == entry.term {
-                        waiters.push((entry.index, waiter));
-                    } else {
-                        let _ = waiter.send(Err(ClientError::Lost));
-                    }
-                }
-            }
+            self.proposals.take_committed(&ready.committed_entries, &mut waiters);
             self.handed_out = last_index;
             let _ = self.apply_jobs.send(ApplyJob::Entries { entries: ready.committed_entries, waiters });
         }
         for read in ready.reads {
-            if let Some((query, reply)) = self.reads.remove(&read.id) {
-                self.confirmed_reads.push_back((read.index, query, reply));
+            if let Some((query, reply, deadline)) = self.reads.remove(&read.id) {
+                self.confirmed_reads.push_back((read.index, query, reply, deadline));
             }
         }
         for failed in ready.failed_reads {
-            if let Some((_, reply)) = self.reads.remove(&failed.id) {
+            if let Some((_, reply, _)) = self.reads.remove(&failed.id) {
                 let _ = reply.send(Err(failed.error.into()));
             }
         }
@@ -372,7 +428,7 @@ impl Driver {
         }
         if let Some(soft) = ready.soft_state {
             if soft.role != Role::Leader {
-                for waiter in self.transfer_waiters.drain(..) {
+                for (waiter, _) in self.transfer_waiters.drain(..) {
                     let _ = waiter.send(Ok(()));
                 }
             }
@@ -383,8 +439,8 @@ impl Driver {
     /// Sends confirmed reads to the apply task once the entries they must
     /// see are on their way there (the apply task handles jobs in order).
     fn release_confirmed_reads(&mut self) {
-        while self.confirmed_reads.front().is_some_and(|(index, _, _)| *index <= self.handed_out) {
-            if let Some((_, query, reply)) = self.confirmed_reads.pop_front() {
+        while self.confirmed_reads.front().is_some_and(|(index, ..)| *index <= self.handed_out) {
+            if let Some((_, query, reply, _)) = self.confirmed_reads.pop_front() {
                 let _ = self.apply_jobs.send(ApplyJob::Read { query, reply });
             }
         }
@@ -433,21 +489,31 @@ impl Driver {
             Some(reason) => ClientError::Storage(reason.clone()),
             None => ClientError::Shutdown,
         };
-        for (_, (_, waiter)) in std::mem::take(&mut self.proposals) {
-            let _ = waiter.send(Err(error.clone()));
-        }
-        for (_, (_, reply)) in std::mem::take(&mut self.reads) {
+        self.proposals.fail_all(&error);
+        for (_, (_, reply, _)) in std::mem::take(&mut self.reads) {
             let _ = reply.send(Err(error.clone()));
         }
-        for (_, reply) in self.parked_changes.drain(..) {
+        for (_, reply, _) in self.parked_changes.drain(..) {
             let _ = reply.send(Err(error.clone()));
         }
-        for (_, _, reply) in self.confirmed_reads.drain(..) {
+        for (_, _, reply, _) in self.confirmed_reads.drain(..) {
             let _ = reply.send(Err(error.clone()));
         }
         if self.stopped.is_none() {
             self.stopped = Some("shut down".into());
         }
         self.publish_status();
+    }
+}
+
+/// Answers [`ClientError::Timeout`] to the waiters in `list` whose deadline
+/// passed or whose client stopped waiting; keeps the others in order.
+fn expire_waiters<T>(list: &mut Vec<(oneshot::Sender<Result<T, ClientError>>, Instant)>, now: Instant) {
+    for (reply, deadline) in std::mem::take(list) {
+        if deadline <= now || reply.is_closed() {
+            let _ = reply.send(Err(ClientError::Timeout));
+        } else {
+            list.push((reply, deadline));
+        }
     }
 }

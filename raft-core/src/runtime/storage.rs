@@ -161,8 +161,11 @@ impl StorageTask {
 
 /// Folds a later write into an earlier one: later entries overwrite from
 /// their first index on; the later hard state wins.
-fn merge_write(into: &mut LogWrite, later: LogWrite) {
-    if let Some(first) = later.entries.first() {
+fn merge_write(into: &mut LogWrite, mut later: LogWrite) {
+    if into.entries.is_empty() {
+        // The common case of a lone write: take its entries without copying.
+        std::mem::swap(&mut into.entries, &mut later.entries);
+    } else if let Some(first) = later.entries.first() {
         let first_index = first.index;
         into.entries.retain(|e| e.index < first_index);
         into.entries.extend(later.entries);
