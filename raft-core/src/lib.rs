@@ -76,8 +76,3 @@ pub use protocol::{Config, Engine, Ready};
 pub use types::{
     ClientRequestId, Entry, EntryPayload, HardState, LogIndex, Membership, NodeId, Role, SnapshotMeta, Term,
 };
-
-/// The examples in the README compile and run as doctests.
-#[cfg(doctest)]
-#[doc = include_str!("../../README.md")]
-pub struct ReadmeDoctests;

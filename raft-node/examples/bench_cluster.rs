@@ -66,14 +66,17 @@ fn parse_options() -> Result<Options, String> {
                     .collect::<Result<_, _>>()?
             }
             "--read-connections" => {
-                options.read_connections = value()?.parse().map_err(|_| "--read-connections takes a number")?
+                options.read_connections =
+                    value()?.parse().map_err(|_| "--read-connections takes a number")?
             }
             "--work-dir" => options.work_dir = PathBuf::from(value()?),
             "--skip-etcd" => options.skip_etcd = true,
             "--help" | "-h" => {
-                return Err("usage: bench_cluster [--raft-node PATH] [--seconds N] [--connections 1,16,64,256] \
+                return Err(
+                    "usage: bench_cluster [--raft-node PATH] [--seconds N] [--connections 1,16,64,256] \
                             [--read-connections 64] [--work-dir DIR] [--skip-etcd]"
-                    .into())
+                        .into(),
+                )
             }
             other => return Err(format!("unknown argument {other:?} (try --help)")),
         }
@@ -157,7 +160,12 @@ enum System {
     Etcd,
 }
 
-async fn measure(options: &Options, target: &str, system: System, leader_pid: u32) -> Result<SystemResults, String> {
+async fn measure(
+    options: &Options,
+    target: &str,
+    system: System,
+    leader_pid: u32,
+) -> Result<SystemResults, String> {
     let name = if system == System::RaftNode { "raft-node" } else { "etcd" };
     let mut results = SystemResults::default();
     let duration = Duration::from_secs(options.seconds);
@@ -241,11 +249,13 @@ async fn load(
                         // Reads cycle over keys the write runs created.
                         client.get(format!("{target}/v1/kv/{key}"))
                     }
-                    (System::Etcd, Workload::Write) => client.post(format!("{target}/v3/kv/put")).body(format!(
-                        "{{\"key\":\"{}\",\"value\":\"{}\"}}",
-                        base64(key.as_bytes()),
-                        base64(&value)
-                    )),
+                    (System::Etcd, Workload::Write) => {
+                        client.post(format!("{target}/v3/kv/put")).body(format!(
+                            "{{\"key\":\"{}\",\"value\":\"{}\"}}",
+                            base64(key.as_bytes()),
+                            base64(&value)
+                        ))
+                    }
                     (System::Etcd, Workload::Read) => client
                         .post(format!("{target}/v3/kv/range"))
                         .body(format!("{{\"key\":\"{}\"}}", base64(key.as_bytes()))),
@@ -369,7 +379,8 @@ fn tcp_round_trip() -> Result<Figures, String> {
 
 /// The peak resident set (VmHWM) of a process, in bytes.
 fn peak_rss_bytes(pid: u32) -> Result<u64, String> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|e| format!("process {pid}: {e}"))?;
+    let status =
+        std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|e| format!("process {pid}: {e}"))?;
     status
         .lines()
         .find_map(|line| line.strip_prefix("VmHWM:"))
@@ -424,7 +435,8 @@ impl RaftCluster {
             ca.issue_node(NodeId(id), &["127.0.0.1".into()])
                 .and_then(|node| node.write_pem_files(&certs))
                 .map_err(|e| e.to_string())?;
-            let log = std::fs::File::create(directory.join(format!("node-{id}.log"))).map_err(|e| e.to_string())?;
+            let log =
+                std::fs::File::create(directory.join(format!("node-{id}.log"))).map_err(|e| e.to_string())?;
             let mut command = Command::new(&options.raft_node);
             command
                 .arg("run")
@@ -444,7 +456,9 @@ impl RaftCluster {
                 command.args(["--initial-member", member]);
             }
             command.env("RAFT_LOG", "warn").stdout(Stdio::null()).stderr(log);
-            processes.0.push(command.spawn().map_err(|e| format!("starting {}: {e}", options.raft_node.display()))?);
+            processes
+                .0
+                .push(command.spawn().map_err(|e| format!("starting {}: {e}", options.raft_node.display()))?);
         }
         let client_urls = ports.iter().map(|(client, _)| format!("http://127.0.0.1:{client}")).collect();
         Ok(RaftCluster { processes, client_urls })
@@ -508,12 +522,16 @@ impl EtcdCluster {
         let directory = options.work_dir.join("etcd");
         std::fs::create_dir_all(&directory).map_err(|e| e.to_string())?;
         let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
-        let initial_cluster: Vec<String> =
-            ports.iter().enumerate().map(|(i, (_, peer))| format!("e{}=http://127.0.0.1:{peer}", i + 1)).collect();
+        let initial_cluster: Vec<String> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, peer))| format!("e{}=http://127.0.0.1:{peer}", i + 1))
+            .collect();
         let mut processes = Processes(Vec::new());
         for (i, (client, peer)) in ports.iter().enumerate() {
             let name = format!("e{}", i + 1);
-            let log = std::fs::File::create(directory.join(format!("{name}.log"))).map_err(|e| e.to_string())?;
+            let log =
+                std::fs::File::create(directory.join(format!("{name}.log"))).map_err(|e| e.to_string())?;
             let child = Command::new("etcd")
                 .args(["--name", &name])
                 .arg("--data-dir")
@@ -561,7 +579,13 @@ impl EtcdCluster {
     }
 }
 
-fn report(options: &Options, fsync: &Figures, rtt: &Figures, raft: &SystemResults, etcd: Option<&SystemResults>) -> String {
+fn report(
+    options: &Options,
+    fsync: &Figures,
+    rtt: &Figures,
+    raft: &SystemResults,
+    etcd: Option<&SystemResults>,
+) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -574,7 +598,10 @@ fn report(options: &Options, fsync: &Figures, rtt: &Figures, raft: &SystemResult
         rtt.p99_micros,
         options.seconds
     );
-    let _ = writeln!(out, "| workload | raft-node ops/s | p50 µs | p99 µs | etcd ops/s | p50 µs | p99 µs | throughput ratio |");
+    let _ = writeln!(
+        out,
+        "| workload | raft-node ops/s | p50 µs | p99 µs | etcd ops/s | p50 µs | p99 µs | throughput ratio |"
+    );
     let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|");
     let row = |out: &mut String, name: String, ours: &Figures, theirs: Option<&Figures>| {
         let (their_rate, their_p50, their_p99, ratio) = match theirs {
@@ -598,7 +625,12 @@ fn report(options: &Options, fsync: &Figures, rtt: &Figures, raft: &SystemResult
         let theirs = etcd.and_then(|e| e.writes.iter().find(|(c, _)| c == connections).map(|(_, f)| f));
         row(&mut out, format!("write, {connections} connections"), ours, theirs);
     }
-    row(&mut out, format!("linearizable read, {} connections", options.read_connections), &raft.reads, etcd.map(|e| &e.reads));
+    row(
+        &mut out,
+        format!("linearizable read, {} connections", options.read_connections),
+        &raft.reads,
+        etcd.map(|e| &e.reads),
+    );
     let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
     let _ = writeln!(
         out,

@@ -653,7 +653,8 @@ mod tests {
 
     #[test]
     fn bad_settings_are_refused_with_a_reason() {
-        let cases: Vec<(Box<dyn Fn(&mut RunArgs)>, &str)> = vec![
+        type Change = Box<dyn Fn(&mut RunArgs)>;
+        let cases: Vec<(Change, &str)> = vec![
             (Box::new(|a| a.id = Some(0)), "positive integer"),
             (Box::new(|a| a.id = Some(2)), "peer TLS files are missing"),
             (

@@ -8,3 +8,9 @@ pub mod http;
 mod instrument;
 pub mod kv;
 pub mod node;
+
+/// The examples in the workspace README compile and run as doctests here,
+/// the one crate that depends on all the others.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;

@@ -245,6 +245,12 @@ pub async fn start(
     runtime.tick_interval = config.tick_interval;
     runtime.request_timeout = config.request_timeout;
     runtime.snapshot_policy = SnapshotPolicy { max_log_entries: config.snapshot_log_entries };
+    // A snapshot compacts the log down to the engine's trailing entries
+    // (1,024 by default). With a threshold below that, the log would never
+    // shrink under the threshold and every applied batch would start a new
+    // snapshot: keep at most half the threshold instead.
+    runtime.engine.snapshot_trailing_entries =
+        runtime.engine.snapshot_trailing_entries.min(config.snapshot_log_entries / 2);
     let parts = Parts {
         log_store: Arc::new(TimedLogStore::new(Arc::new(log_store), Arc::clone(&metrics))),
         snapshot_store: Arc::new(snapshot_store),

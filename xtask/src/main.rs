@@ -1,12 +1,17 @@
 //! `cargo xtask`: developer tasks, in Rust so they run wherever cargo does
-//! (the alias lives in `.cargo/config.toml`). The crate has no dependencies,
-//! so it builds in seconds; heavy work is done by shelling out to cargo.
+//! (the alias lives in `.cargo/config.toml`). The crate's one dependency is
+//! tokio (for catching Ctrl-C in `cluster`), so it builds in seconds; heavy
+//! work is done by shelling out to cargo.
 //!
 //! Tasks:
 //! - `sim`: the deterministic simulator (raft-core's `simulate` example, built
 //!   in release). `cargo xtask sim --seeds N [--start S]` runs a batch on
 //!   every core; `cargo xtask sim --seed S` replays one seed with its trace;
 //!   `cargo xtask sim --bugs` checks that each injected protocol bug is caught.
+//! - `cluster`: a local cluster of raft-node processes with generated
+//!   certificates (see `cluster.rs`); Ctrl-C stops it cleanly.
+
+mod cluster;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -20,7 +25,15 @@ tasks:
         replay one seed and print its trace (bit for bit the same every time)
   sim --bugs [--max-seeds N] [--start S] [--steps N]
         switch on each injected protocol bug in turn and report how many seeds catch it
-        (bugs: vote_without_log_check, commit_previous_terms, apply_before_commit, forget_vote)";
+        (bugs: vote_without_log_check, commit_previous_terms, apply_before_commit, forget_vote)
+  cluster [--nodes N] [--base-port P] [--fresh] [--release]
+        build raft-node, make certificates for cluster id `local` (or reuse them), and run N nodes
+        (default 3) on 127.0.0.1: node i serves clients on P+i (default P = 8080: 8081, 8082, ...)
+        and peers on P-1000+i (7081, ...). Data lives in target/xtask-cluster/node-i, logs in
+        target/xtask-cluster/node-i.log. The first start bootstraps the nodes together; later
+        starts restart them from their data (with the same --base-port: the nodes remember their
+        addresses). --fresh wipes the data first (certificates are kept).
+        Ctrl-C stops every node with SIGTERM and waits for it.";
 
 fn main() -> ExitCode {
     let mut arguments = std::env::args().skip(1);
@@ -28,6 +41,7 @@ fn main() -> ExitCode {
     let rest: Vec<String> = arguments.collect();
     match task.as_deref() {
         Some("sim") => simulate(&rest),
+        Some("cluster") => cluster::cluster(&rest),
         Some("help" | "--help" | "-h") => {
             println!("{USAGE}");
             ExitCode::SUCCESS

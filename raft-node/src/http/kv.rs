@@ -18,7 +18,7 @@ use raft_core::types::{ClientRequestId, NodeId};
 use super::error::ApiError;
 use super::{forward, AppState};
 use crate::api::{KeyList, KeyVersion, LeaderHint, WriteResult, IDEMPOTENCY_KEY_HEADER};
-use crate::kv::{KvAnswer, KvCommand, KvOutcome, KvQuery, Precondition};
+use crate::kv::{KvAnswer, KvCommand, KvOutcome, KvQuery, KvResponse, Precondition};
 
 /// The most keys one listing returns.
 pub const MAX_LIST_LIMIT: usize = 10_000;
@@ -382,18 +382,18 @@ async fn write(
         Routed::Leader(leader, error) => return original.send_to(state, leader, error).await,
     };
     state.metrics.observe_propose_to_commit(started.elapsed());
-    let outcome = KvOutcome::decode(&committed.response)
+    let response = KvResponse::decode(&committed.response)
         .map_err(|error| ApiError::internal(format!("the state machine's answer is malformed: {error}")))?;
-    match outcome {
+    // The position that produced the outcome: for a deduplicated retry,
+    // the first attempt's, so the retry gets the first result.
+    let result = WriteResult { index: response.index, term: response.term };
+    match response.outcome {
         KvOutcome::Written { version } => {
-            let mut response =
-                Json(WriteResult { index: version, term: committed.term.get() }).into_response();
+            let mut response = Json(result).into_response();
             response.headers_mut().insert(header::ETAG, etag(version));
             Ok(response)
         }
-        KvOutcome::Deleted { .. } => {
-            Ok(Json(WriteResult { index: committed.index.get(), term: committed.term.get() }).into_response())
-        }
+        KvOutcome::Deleted { .. } => Ok(Json(result).into_response()),
         KvOutcome::PreconditionFailed { current } => {
             let message = match current {
                 Some(version) => format!("the precondition failed: key {key:?} is at version {version}"),

@@ -53,8 +53,8 @@ use raft_core::types::Entry;
 use tokio::sync::watch;
 
 pub use types::{
-    Directory, KvAnswer, KvCodecError, KvCommand, KvOutcome, KvQuery, NodeAddresses, Precondition, Versioned,
-    MAX_CLIENT_URL_BYTES, MAX_KEY_BYTES, MAX_LIST_LIMIT, MAX_VALUE_BYTES,
+    Directory, KvAnswer, KvCodecError, KvCommand, KvOutcome, KvQuery, KvResponse, NodeAddresses,
+    Precondition, Versioned, MAX_CLIENT_URL_BYTES, MAX_KEY_BYTES, MAX_LIST_LIMIT, MAX_VALUE_BYTES,
 };
 
 use snapshot::{Captured, KvSnapshotSource};
@@ -186,9 +186,9 @@ impl StateMachine for KvStateMachine {
         let mut responses = Vec::with_capacity(entries.len());
         let mut directory_changed = false;
         for entry in entries {
-            let (outcome, changed) = self.state.apply_entry(entry, self.limits.max_dedup_clients);
+            let (response, changed) = self.state.apply_entry(entry, self.limits.max_dedup_clients);
             directory_changed |= changed;
-            responses.push(outcome.encode());
+            responses.push(response.encode());
         }
         if directory_changed {
             self.publish_directory();

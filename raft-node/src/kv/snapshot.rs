@@ -14,6 +14,7 @@
 //!          kind u8, body length u32, body
 //!   kind 1 (key)    key length u32, key (UTF-8), version u64, value (the rest)
 //!   kind 2 (client) client u64, sequence u64, last used index u64,
+//!                   first application index u64, its term u64,
 //!                   outcome (the rest; a postcard `KvOutcome`)
 //!   kind 3 (node)   node id u64, addresses (the rest; a postcard `NodeAddresses`)
 //! trailer  CRC32C of every byte before it, u32
@@ -74,7 +75,7 @@ const MAX_KEY_RECORD_BYTES: usize = 4 + MAX_KEY_BYTES + 8 + MAX_VALUE_BYTES;
 /// The largest remembered outcome. Remembered outcomes are a few bytes
 /// (rejections are never remembered); the bound leaves room to grow.
 const MAX_OUTCOME_BYTES: usize = 1 << 10;
-const MAX_CLIENT_RECORD_BYTES: usize = 3 * 8 + MAX_OUTCOME_BYTES;
+const MAX_CLIENT_RECORD_BYTES: usize = 5 * 8 + MAX_OUTCOME_BYTES;
 /// A node record: the id, the peer address (at most 19 bytes in postcard)
 /// and the client URL with its length prefix.
 const MAX_NODE_RECORD_BYTES: usize = 8 + 32 + 8 + MAX_CLIENT_URL_BYTES;
@@ -151,6 +152,7 @@ impl KvSnapshotSource {
         while self.buffer.len() < CHUNK_BYTES {
             if let Some((key, versioned)) = self.keys.next() {
                 self.record_head(KIND_KEY, 4 + key.len() + 8 + versioned.value.len())?;
+                // The key fits in 32 bits: `record_head` checked the whole body does.
                 self.buffer.put_u32_le(key.len() as u32);
                 self.buffer.put_slice(&key);
                 self.buffer.put_u64_le(versioned.version);
@@ -162,10 +164,12 @@ impl KvSnapshotSource {
                 self.buffer.put_slice(&versioned.value);
             } else if let Some((client, record)) = self.clients.next() {
                 let outcome = record.outcome.encode();
-                self.record_head(KIND_CLIENT, 3 * 8 + outcome.len())?;
+                self.record_head(KIND_CLIENT, 5 * 8 + outcome.len())?;
                 self.buffer.put_u64_le(client);
                 self.buffer.put_u64_le(record.sequence);
                 self.buffer.put_u64_le(record.last_used_index);
+                self.buffer.put_u64_le(record.index);
+                self.buffer.put_u64_le(record.term);
                 self.buffer.put_slice(&outcome);
             } else if let Some((id, addresses)) = self.nodes.next() {
                 let addresses = encode_message(&addresses);
@@ -319,12 +323,14 @@ async fn read_clients(
     for number in 0..count {
         let mut body = input.record(KIND_CLIENT, MAX_CLIENT_RECORD_BYTES, number).await?;
         let bad = |problem: String| malformed(format!("client record {number}: {problem}"));
-        if body.len() < 3 * 8 {
+        if body.len() < 5 * 8 {
             return Err(bad(format!("its body of {} bytes is too short", body.len())));
         }
         let client = body.get_u64_le();
         let sequence = body.get_u64_le();
         let last_used_index = body.get_u64_le();
+        let index = body.get_u64_le();
+        let term = body.get_u64_le();
         if previous.is_some_and(|previous| previous >= client) {
             return Err(bad("clients are not in strictly increasing order".to_string()));
         }
@@ -336,7 +342,10 @@ async fn read_clients(
         }
         let outcome: KvOutcome =
             decode_message(&body, "a remembered outcome").map_err(|error| bad(error.to_string()))?;
-        dedup.remember(client, DedupRecord { sequence, outcome, last_used_index }, usize::MAX);
+        if index == 0 || index > last_used_index {
+            return Err(bad(format!("first application index {index} is outside 1..={last_used_index}")));
+        }
+        dedup.remember(client, DedupRecord { sequence, outcome, index, term, last_used_index }, usize::MAX);
         previous = Some(client);
     }
     state.dedup = dedup;

@@ -12,8 +12,8 @@ use bytes::Bytes;
 use raft_core::types::{ClientRequestId, Entry, EntryPayload, NodeId};
 
 use super::types::{
-    Directory, KvAnswer, KvCommand, KvOutcome, KvQuery, Precondition, Versioned, MAX_CLIENT_URL_BYTES,
-    MAX_KEY_BYTES, MAX_LIST_LIMIT, MAX_VALUE_BYTES,
+    Directory, KvAnswer, KvCommand, KvOutcome, KvQuery, KvResponse, Precondition, Versioned,
+    MAX_CLIENT_URL_BYTES, MAX_KEY_BYTES, MAX_LIST_LIMIT, MAX_VALUE_BYTES,
 };
 
 /// What the state remembers of one client's latest request (Raft
@@ -24,6 +24,10 @@ pub(crate) struct DedupRecord {
     pub(crate) sequence: u64,
     /// What applying it returned; a retry gets exactly this.
     pub(crate) outcome: KvOutcome,
+    /// The index of the entry that applied it.
+    pub(crate) index: u64,
+    /// That entry's term.
+    pub(crate) term: u64,
     /// The index of the last entry that used the record (applied it or was
     /// answered from it): the eviction order.
     pub(crate) last_used_index: u64,
@@ -49,10 +53,6 @@ impl DedupTable {
 
     pub(crate) fn get(&self, client: u64) -> Option<&DedupRecord> {
         self.clients.get(&client)
-    }
-
-    pub(crate) fn iter(&self) -> impl Iterator<Item = (&u64, &DedupRecord)> {
-        self.clients.iter()
     }
 
     pub(crate) fn records(&self) -> &BTreeMap<u64, DedupRecord> {
@@ -116,17 +116,19 @@ pub(crate) struct KvState {
 impl KvState {
     /// Applies one entry whose index the caller checked to follow
     /// `applied_index`; returns the outcome and whether the directory changed.
-    pub(crate) fn apply_entry(&mut self, entry: &Entry, max_dedup_clients: usize) -> (KvOutcome, bool) {
+    pub(crate) fn apply_entry(&mut self, entry: &Entry, max_dedup_clients: usize) -> (KvResponse, bool) {
         let index = entry.index.get();
+        let term = entry.term.get();
         self.applied_index = index;
+        let here = |(outcome, changed)| (KvResponse { index, term, outcome }, changed);
         match &entry.payload {
             EntryPayload::Command { client, data } => match client {
-                None => self.apply_bytes(data, index),
-                Some(request) => self.apply_deduplicated(*request, data, index, max_dedup_clients),
+                None => here(self.apply_bytes(data, index)),
+                Some(request) => self.apply_deduplicated(*request, data, index, term, max_dedup_clients),
             },
             // Blank and membership entries change nothing here; the
             // configuration is the engine's business.
-            _ => (KvOutcome::Done, false),
+            _ => here((KvOutcome::Done, false)),
         }
     }
 
@@ -135,14 +137,16 @@ impl KvState {
         request: ClientRequestId,
         data: &[u8],
         index: u64,
+        term: u64,
         max_dedup_clients: usize,
-    ) -> (KvOutcome, bool) {
+    ) -> (KvResponse, bool) {
         let ClientRequestId { client, sequence } = request;
         if let Some(record) = self.dedup.get(client) {
             if sequence == record.sequence {
-                let outcome = record.outcome.clone();
+                let response =
+                    KvResponse { index: record.index, term: record.term, outcome: record.outcome.clone() };
                 self.dedup.touch(client, index);
-                return (outcome, false);
+                return (response, false);
             }
             if sequence < record.sequence {
                 let reason = format!(
@@ -150,17 +154,18 @@ impl KvState {
                      {latest}; it was superseded and is not applied",
                     latest = record.sequence,
                 );
-                return (KvOutcome::Rejected { reason }, false);
+                return (KvResponse { index, term, outcome: KvOutcome::Rejected { reason } }, false);
             }
         }
         let (outcome, directory_changed) = self.apply_bytes(data, index);
         // A rejected command changed nothing, so nothing is remembered either:
         // a retry is rejected again for the same reason.
         if !matches!(outcome, KvOutcome::Rejected { .. }) {
-            let record = DedupRecord { sequence, outcome: outcome.clone(), last_used_index: index };
+            let record =
+                DedupRecord { sequence, outcome: outcome.clone(), index, term, last_used_index: index };
             self.dedup.remember(client, record, max_dedup_clients);
         }
-        (outcome, directory_changed)
+        (KvResponse { index, term, outcome }, directory_changed)
     }
 
     fn apply_bytes(&mut self, data: &[u8], index: u64) -> (KvOutcome, bool) {

@@ -124,6 +124,20 @@ pub enum KvOutcome {
     Done,
 }
 
+/// What the state machine returns for one entry: the outcome and the log
+/// position that produced it. For a deduplicated retry that is the
+/// position of the *first* application, so a client that retries gets
+/// exactly the answer the first attempt would have had.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, DeriveDeserialize)]
+pub struct KvResponse {
+    /// The index of the entry that produced the outcome.
+    pub index: u64,
+    /// That entry's term.
+    pub term: u64,
+    /// The outcome.
+    pub outcome: KvOutcome,
+}
+
 /// A read-only query.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, DeriveDeserialize)]
 pub enum KvQuery {
@@ -243,5 +257,6 @@ macro_rules! codec {
 
 codec!(KvCommand, "a key-value command");
 codec!(KvOutcome, "a key-value outcome");
+codec!(KvResponse, "a key-value response");
 codec!(KvQuery, "a key-value query");
 codec!(KvAnswer, "a key-value answer");

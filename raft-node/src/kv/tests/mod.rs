@@ -14,7 +14,7 @@ use raft_core::state_machine::{StateMachine, StateMachineError};
 use raft_core::storage::{SnapshotReader, StorageError};
 use raft_core::types::{ClientRequestId, Entry, EntryPayload, LogIndex, SnapshotMeta, Term};
 
-use super::{KvAnswer, KvCommand, KvLimits, KvOutcome, KvQuery, KvStateMachine, KvView};
+use super::{KvAnswer, KvCommand, KvLimits, KvOutcome, KvQuery, KvResponse, KvStateMachine, KvView};
 
 fn machine() -> (KvStateMachine, KvView) {
     KvStateMachine::new(KvLimits::default())
@@ -45,7 +45,7 @@ async fn run(machine: &mut KvStateMachine, request: Option<(u64, u64)>, command:
 async fn apply_one(machine: &mut KvStateMachine, entry: Entry) -> KvOutcome {
     let responses = machine.apply(&[entry]).await.expect("apply succeeds");
     assert_eq!(responses.len(), 1);
-    KvOutcome::decode(&responses[0]).expect("the outcome decodes")
+    KvResponse::decode(&responses[0]).expect("the response decodes").outcome
 }
 
 async fn ask(machine: &mut KvStateMachine, query: KvQuery) -> KvAnswer {

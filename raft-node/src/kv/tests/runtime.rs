@@ -20,7 +20,8 @@ use raft_core::testing::client::read_retrying;
 use raft_core::types::{ClientRequestId, Membership, NodeId, Role};
 
 use crate::kv::{
-    KvAnswer, KvCommand, KvLimits, KvOutcome, KvQuery, KvStateMachine, KvView, NodeAddresses, Precondition,
+    KvAnswer, KvCommand, KvLimits, KvOutcome, KvQuery, KvResponse, KvStateMachine, KvView, NodeAddresses,
+    Precondition,
 };
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -49,7 +50,7 @@ async fn wait_for(node: &RaftNode, what: &str, predicate: impl Fn(&NodeStatus) -
 async fn propose(node: &RaftNode, client: u64, sequence: u64, command: &KvCommand) -> KvOutcome {
     let request = Some(ClientRequestId { client, sequence });
     let committed = node.propose(command.encode(), request).await.expect("the write commits");
-    KvOutcome::decode(&committed.response).expect("the outcome decodes")
+    KvResponse::decode(&committed.response).expect("the response decodes").outcome
 }
 
 async fn stale_digest(node: &RaftNode) -> KvAnswer {
@@ -118,7 +119,7 @@ async fn a_node_cut_off_catches_up_from_a_snapshot_and_all_agree_on_the_digest()
     network.heal();
     let applied = nodes[&leader].status().borrow().applied_index;
     let status = wait_for(&nodes[&lagging], "catching up", |s| s.applied_index >= applied).await;
-    assert!(status.snapshot_index.get() > 0, "the lagging node installed a snapshot: {status:?}");
+    assert!(status.stats.snapshots_installed > 0, "the lagging node installed a snapshot: {status:?}");
 
     // The directory arrived with the snapshot and was published.
     let mut directory = views[&lagging].directory();

@@ -9,8 +9,8 @@ use raft_core::types::{ClientRequestId, EntryPayload, Membership, NodeId};
 
 use super::{apply_one, ask, command_entry, digest, entry, machine, run};
 use crate::kv::{
-    KvAnswer, KvCodecError, KvCommand, KvLimits, KvOutcome, KvQuery, KvStateMachine, KvStats, NodeAddresses,
-    Precondition, Versioned, MAX_KEY_BYTES,
+    KvAnswer, KvCodecError, KvCommand, KvLimits, KvOutcome, KvQuery, KvResponse, KvStateMachine, KvStats,
+    NodeAddresses, Precondition, Versioned, MAX_KEY_BYTES,
 };
 
 fn put(key: &str, value: &str) -> KvCommand {
@@ -181,14 +181,19 @@ async fn the_least_recently_used_client_is_evicted_first() {
     run(&mut machine, Some((2, 1)), &put("b", "1")).await; // index 2: client 2
     run(&mut machine, Some((1, 1)), &put("a", "1")).await; // index 3: a retry uses client 1 again
     run(&mut machine, Some((3, 1)), &put("c", "1")).await; // index 4: client 3 evicts client 2
-    let clients: Vec<(u64, u64)> =
-        machine.state.dedup.iter().map(|(client, record)| (*client, record.last_used_index)).collect();
+    let clients: Vec<(u64, u64)> = machine
+        .state
+        .dedup
+        .records()
+        .iter()
+        .map(|(client, record)| (*client, record.last_used_index))
+        .collect();
     assert_eq!(clients, vec![(1, 3), (3, 4)]);
     assert_eq!(machine.stats().dedup_clients, 2);
     // Client 2 is forgotten, so its retry applies again (the documented cost
     // of the bound), and now client 1 is the oldest and goes.
     assert_eq!(run(&mut machine, Some((2, 1)), &put("b", "1")).await, KvOutcome::Written { version: 5 });
-    let clients: Vec<u64> = machine.state.dedup.iter().map(|(client, _)| *client).collect();
+    let clients: Vec<u64> = machine.state.dedup.records().keys().copied().collect();
     assert_eq!(clients, vec![2, 3]);
 }
 
@@ -246,7 +251,7 @@ async fn blank_and_membership_entries_are_done() {
         command_entry(3, None, &put("a", "1")),
     ];
     let responses = machine.apply(&entries).await.unwrap();
-    let outcomes: Vec<KvOutcome> = responses.iter().map(|r| KvOutcome::decode(r).unwrap()).collect();
+    let outcomes: Vec<KvOutcome> = responses.iter().map(|r| KvResponse::decode(r).unwrap().outcome).collect();
     assert_eq!(outcomes, vec![KvOutcome::Done, KvOutcome::Done, KvOutcome::Written { version: 3 }]);
     assert_eq!(machine.applied_index(), 3);
 }

@@ -332,13 +332,18 @@ async fn a_smaller_dedup_limit_forgets_the_least_recently_used_clients_on_restor
     let bytes = snapshot_bytes(&mut original).await;
     let (mut restored, _view) = KvStateMachine::new(KvLimits { max_dedup_clients: 2 });
     restore_from(&mut restored, original.applied_index(), bytes).await.unwrap();
-    let mut by_last_use: Vec<(u64, u64)> =
-        original.state.dedup.iter().map(|(client, record)| (record.last_used_index, *client)).collect();
+    let mut by_last_use: Vec<(u64, u64)> = original
+        .state
+        .dedup
+        .records()
+        .iter()
+        .map(|(client, record)| (record.last_used_index, *client))
+        .collect();
     by_last_use.sort_unstable();
     let mut expected: Vec<u64> =
         by_last_use[by_last_use.len() - 2..].iter().map(|(_, client)| *client).collect();
     expected.sort_unstable();
-    let kept: Vec<u64> = restored.state.dedup.iter().map(|(client, _)| *client).collect();
+    let kept: Vec<u64> = restored.state.dedup.records().keys().copied().collect();
     assert_eq!(kept, expected);
     assert_eq!(digest(&mut restored).await, digest(&mut original).await, "the keys are all there");
 }
