@@ -10,6 +10,9 @@
 //!   `cargo xtask sim --bugs` checks that each injected protocol bug is caught.
 //! - `cluster`: a local cluster of raft-node processes with generated
 //!   certificates (see `cluster.rs`); Ctrl-C stops it cleanly.
+//! - `bench`: raft-node against etcd on this machine (raft-node's
+//!   `bench_cluster` example, built in release); `bench runtime` runs the
+//!   runtime benchmark of raft-core.
 
 mod cluster;
 
@@ -33,7 +36,14 @@ tasks:
         target/xtask-cluster/node-i.log. The first start bootstraps the nodes together; later
         starts restart them from their data (with the same --base-port: the nodes remember their
         addresses). --fresh wipes the data first (certificates are kept).
-        Ctrl-C stops every node with SIGTERM and waits for it.";
+        Ctrl-C stops every node with SIGTERM and waits for it.
+  bench [--seconds N] [--connections 1,16,64,256] [--read-connections 64] [--skip-etcd]
+        build raft-node in release, then run a 3-node raft-node cluster and a 3-member etcd
+        cluster (Debian: apt-get install etcd-server) one after the other, drive both with the
+        same HTTP load (256-byte writes, linearizable reads) and print a Markdown report with the
+        machine's fdatasync and loopback RTT, throughput, p50/p99, peak RSS and ratios to etcd
+  bench runtime [arguments of raft-core's runtime bench]
+        the raft-core runtime benchmark (3 runtimes in one process, in-memory stores)";
 
 fn main() -> ExitCode {
     let mut arguments = std::env::args().skip(1);
@@ -42,6 +52,7 @@ fn main() -> ExitCode {
     match task.as_deref() {
         Some("sim") => simulate(&rest),
         Some("cluster") => cluster::cluster(&rest),
+        Some("bench") => bench(&rest),
         Some("help" | "--help" | "-h") => {
             println!("{USAGE}");
             ExitCode::SUCCESS
@@ -82,6 +93,39 @@ fn simulate(arguments: &[String]) -> ExitCode {
             "simulate",
             "--",
         ])
+        .args(arguments);
+    run(command)
+}
+
+/// `bench`: the side-by-side cluster benchmark, or `bench runtime`.
+fn bench(arguments: &[String]) -> ExitCode {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+    let mut command = Command::new(&cargo);
+    command.current_dir(workspace_root());
+    if arguments.first().map(String::as_str) == Some("runtime") {
+        command.args(["bench", "-p", "raft-core", "--bench", "runtime", "--"]).args(&arguments[1..]);
+        return run(command);
+    }
+    let mut build = Command::new(&cargo);
+    build.current_dir(workspace_root()).args([
+        "build",
+        "--quiet",
+        "--release",
+        "-p",
+        "raft-node",
+        "--bin",
+        "raft-node",
+    ]);
+    if run(build) != ExitCode::SUCCESS {
+        return ExitCode::FAILURE;
+    }
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| workspace_root().join("target"), PathBuf::from);
+    let binary = target.join("release/raft-node");
+    command
+        .args(["run", "--quiet", "--release", "-p", "raft-node", "--example", "bench_cluster", "--"])
+        .arg("--raft-node")
+        .arg(binary)
         .args(arguments);
     run(command)
 }
