@@ -168,7 +168,7 @@ metric_names! {
     PEER_MATCH_INDEX = "raft_peer_match_index", Gauge, None, [PEER], "On the leader: the highest log index known to be replicated on the peer.";
     /// Gauge: entries a peer is behind the leader's last index (0 once the
     /// node stops leading).
-    PEER_LAG_ENTRIES = "raft_peer_lag_entries", Gauge, None, [PEER], "On the leader: log entries the peer is behind the leader's last index (0 on other nodes).";
+    PEER_LAG_ENTRIES = "raft_peer_lag_entries", Gauge, None, [PEER], "On the leader: log entries the peer is behind the leader's last index (a node that stopped leading reports 0; one that never led has no series).";
     /// Histogram: sampled smoothed round-trip time to a peer.
     PEER_RTT_SECONDS = "raft_peer_rtt_seconds", Histogram, Some(Unit::Seconds), [PEER], "Smoothed round-trip time to the peer, sampled at each transport poll, in seconds.";
     /// Gauge: 1 when a connection to the peer is established.

@@ -261,17 +261,26 @@ async fn load(
                         .body(format!("{{\"key\":\"{}\"}}", base64(key.as_bytes()))),
                 };
                 let sent = Instant::now();
-                let ok = match request.send().await {
+                let failure = match request.send().await {
                     Ok(response) => {
                         let status = response.status();
-                        response.bytes().await.is_ok() && (status.is_success() || status.as_u16() == 404)
+                        match response.bytes().await {
+                            Ok(_) if status.is_success() || status.as_u16() == 404 => None,
+                            Ok(body) => Some(format!("{status}: {}", String::from_utf8_lossy(&body))),
+                            Err(error) => Some(format!("reading the answer: {error}")),
+                        }
                     }
-                    Err(_) => false,
+                    Err(error) => Some(format!("sending: {error}")),
                 };
-                if ok {
-                    latencies.push(sent.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
-                } else {
-                    errors += 1;
+                match failure {
+                    None => latencies.push(sent.elapsed().as_micros().min(u128::from(u32::MAX)) as u32),
+                    Some(failure) => {
+                        // The first failures of each connection tell what went wrong.
+                        if errors < 2 {
+                            eprintln!("request failed: {failure}");
+                        }
+                        errors += 1;
+                    }
                 }
             }
             (latencies, errors)

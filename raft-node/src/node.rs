@@ -107,6 +107,9 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
         }
     };
     let dev = config.plan == StartPlan::Dev;
+    // Watch for SIGTERM before starting, so one that arrives while the node
+    // starts still ends in a clean shutdown.
+    let stop_signal = tokio::spawn(wait_for_stop_signal());
     let node = start(config, prometheus).await?;
     if dev {
         print_dev_banner(&node);
@@ -118,7 +121,7 @@ pub async fn run(config: NodeConfig) -> Result<(), NodeError> {
             "node running"
         );
     }
-    wait_for_stop_signal().await;
+    let _ = stop_signal.await;
     tracing::info!("stopping: handing leadership over if leader, then shutting down");
     node.shutdown().await;
     Ok(())
@@ -378,7 +381,9 @@ fn effective_directory(replicated: &Directory, seed: &Directory, membership: &Me
 /// Keeps the transport's peer list, the local directory file and the
 /// client API's view in step with the replicated directory and the
 /// configuration; on the leader, registers members that the replicated
-/// directory lacks (the initial members after a bootstrap).
+/// directory lacks (the initial members after a bootstrap) and drops the
+/// entries of nodes that left the configuration (a leader that removed
+/// itself could not).
 async fn keep_directory(
     config: Arc<NodeConfig>,
     raft: RaftNode,
@@ -392,8 +397,25 @@ async fn keep_directory(
     let mut status = raft.status();
     let mut seed = seed;
     let mut registering: Option<JoinHandle<()>> = None;
+    // Nodes seen in a configuration and then not: their directory entries
+    // go once a leader can remove them (a leader that removed itself cannot).
+    let mut members_seen = std::collections::BTreeSet::new();
+    let mut departed = std::collections::BTreeSet::new();
     loop {
         let current = status.borrow_and_update().clone();
+        let members: std::collections::BTreeSet<NodeId> = current
+            .membership
+            .voters
+            .iter()
+            .chain(&current.membership.outgoing_voters)
+            .chain(&current.membership.learners)
+            .copied()
+            .collect();
+        if !members.is_empty() {
+            departed.extend(members_seen.difference(&members).copied());
+            departed.retain(|id| !members.contains(id));
+            members_seen = members;
+        }
         let directory = effective_directory(&replicated.borrow_and_update(), &seed, &current.membership);
         if *publish.borrow() != directory {
             transport.set_peers(&peer_addresses(&directory, me));
@@ -413,13 +435,22 @@ async fn keep_directory(
                 .filter(|id| !replicated.borrow().contains_key(id))
                 .filter_map(|id| directory.get(id).map(|a| (*id, a.clone())))
                 .collect();
-            if !missing.is_empty() {
+            let leftover: Vec<NodeId> =
+                departed.iter().filter(|id| replicated.borrow().contains_key(id)).copied().collect();
+            if !missing.is_empty() || !leftover.is_empty() {
+                // Each departure is cleaned up once, right after it: a node
+                // re-added later registers afresh and must keep its entry.
+                departed.retain(|id| !leftover.contains(id));
                 let raft = raft.clone();
+                let commands = missing
+                    .into_iter()
+                    .map(|(id, addresses)| (id, KvCommand::SetNode { id, addresses }))
+                    .chain(leftover.into_iter().map(|id| (id, KvCommand::RemoveNode { id })));
+                let commands: Vec<(NodeId, KvCommand)> = commands.collect();
                 registering = Some(tokio::spawn(async move {
-                    for (id, addresses) in missing {
-                        let command = KvCommand::SetNode { id, addresses }.encode();
-                        if let Err(error) = raft.propose(command, None).await {
-                            tracing::debug!(node = %id, %error, "registering a member's addresses failed; retrying later");
+                    for (id, command) in commands {
+                        if let Err(error) = raft.propose(command.encode(), None).await {
+                            tracing::debug!(node = %id, %error, "updating the directory failed; retrying later");
                             return;
                         }
                     }

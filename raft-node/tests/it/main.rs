@@ -2,4 +2,9 @@
 //! the library, and real `raft-node` processes on loopback.
 
 mod in_process;
+mod process;
+mod process_faults;
+mod process_membership;
+mod process_prometheus;
+mod process_serving;
 mod support;

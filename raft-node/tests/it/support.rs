@@ -1,7 +1,10 @@
 //! Shared test support: certificates, free ports, configurations.
 
+use std::collections::BTreeSet;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use raft_core::types::NodeId;
@@ -12,15 +15,44 @@ use raft_transport_quic::ClusterId;
 /// How long a test waits for a cluster to get somewhere.
 pub const WAIT: Duration = Duration::from_secs(30);
 
-/// A port free for both TCP and UDP on 127.0.0.1 right now.
+/// A port free for both TCP and UDP on 127.0.0.1 right now, never handed
+/// out before by this process.
+///
+/// It is taken below the kernel's ephemeral range (where `bind(0)` and
+/// outgoing connections take their ports), so that a node restarted on the
+/// same ports cannot find one of them taken by a client's connection in
+/// the meantime.
 pub fn free_port() -> u16 {
+    static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    static DRAWS: AtomicU64 = AtomicU64::new(0);
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .filter(|start| *start > 20_000)
+        .unwrap_or(32_768);
+    let range = 10_000..ephemeral_start;
+    let seed = u64::from(std::process::id())
+        ^ std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
     loop {
-        let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = tcp.local_addr().unwrap().port();
-        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+        let draw = splitmix64(seed ^ DRAWS.fetch_add(1, Ordering::Relaxed).wrapping_mul(0x9e37_79b9));
+        let port = range.start + (draw % u64::from(range.end - range.start)) as u16;
+        let mut handed_out = HANDED_OUT.lock().unwrap_or_else(PoisonError::into_inner);
+        if handed_out.contains(&port) {
+            continue;
+        }
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() && UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            handed_out.insert(port);
             return port;
         }
     }
+}
+
+/// One step of SplitMix64: a well-mixed 64-bit value from any input.
+fn splitmix64(input: u64) -> u64 {
+    let mut z = input.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 /// The addresses of one test node.
