@@ -222,12 +222,27 @@ impl Membership {
     /// configurations take the smaller of the two majorities' values.
     pub fn quorum_value(&self, value_of: impl Fn(NodeId) -> u64) -> u64 {
         fn majority_value(set: &BTreeSet<NodeId>, value_of: &impl Fn(NodeId) -> u64) -> u64 {
+            // Voter sets of up to this size are sorted on the stack: the
+            // leader computes this on every acknowledgement, and a heap
+            // allocation per call showed in the runtime's profile.
+            const ON_STACK: usize = 16;
+            /// The highest value that a majority of `values` has reached.
+            fn reached_by_majority(values: &mut [u64]) -> u64 {
+                values.sort_unstable_by(|a, b| b.cmp(a));
+                values[values.len() / 2]
+            }
             if set.is_empty() {
                 return u64::MAX;
             }
+            if set.len() <= ON_STACK {
+                let mut buffer = [0u64; ON_STACK];
+                for (slot, id) in buffer.iter_mut().zip(set) {
+                    *slot = value_of(*id);
+                }
+                return reached_by_majority(&mut buffer[..set.len()]);
+            }
             let mut values: Vec<u64> = set.iter().map(|id| value_of(*id)).collect();
-            values.sort_unstable_by(|a, b| b.cmp(a));
-            values[set.len() / 2]
+            reached_by_majority(&mut values)
         }
         if self.voters.is_empty() {
             return 0;

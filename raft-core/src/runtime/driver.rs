@@ -64,6 +64,8 @@ pub(super) struct Driver {
     /// The storage and apply tasks: shutdown waits for them, so the stores
     /// are released (and may be reopened) when it returns.
     helper_tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Entries the last batch handed to storage (a sign of load).
+    last_batch_entries: usize,
 }
 
 impl Driver {
@@ -129,6 +131,7 @@ impl Driver {
             stopped: None,
             shutting_down: false,
             helper_tasks: vec![storage_task, apply_task],
+            last_batch_entries: 0,
         })
     }
 
@@ -146,6 +149,17 @@ impl Driver {
                 Some(message) = self.inbox.recv() => { let _ = self.engine.step(message); }
                 _ = ticker.tick() => self.handle_tick(),
             }
+            if self.expects_more_input() {
+                // Tokio runs a task woken by another right after the waker's
+                // poll (its "LIFO slot"). Clients answered together by the
+                // apply task each send their next proposal in turn, so the
+                // driver would otherwise run once per proposal of the burst
+                // (measured: 1.7 entries per batch with 64 clients). Yielding
+                // once lets the burst finish queueing first. A node that is
+                // not busy does not yield: that would add a scheduler round
+                // trip to every wake-up.
+                tokio::task::yield_now().await;
+            }
             self.drain_queued_inputs();
             if self.engine.has_ready() {
                 let ready = self.engine.ready();
@@ -162,6 +176,13 @@ impl Driver {
         for task in helper_tasks {
             let _ = task.await;
         }
+    }
+
+    /// Whether more inputs are probably on their way: several clients wait
+    /// for proposals (their next ones follow the answers), or the last batch
+    /// persisted more than one entry (this node is busy replicating).
+    fn expects_more_input(&self) -> bool {
+        self.proposals.waiting() > 1 || self.last_batch_entries > 1
     }
 
     /// Takes every input already queued, up to the batch bound, so that one
@@ -384,6 +405,7 @@ impl Driver {
 
     /// Hands one batch of the engine's work to whoever must do it.
     fn dispatch(&mut self, ready: Ready) {
+        self.last_batch_entries = ready.entries.len();
         if !ready.messages.is_empty() {
             self.transport.send(ready.messages);
         }

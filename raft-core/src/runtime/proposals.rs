@@ -49,6 +49,11 @@ impl Proposals {
         self.in_order.push_back(Pending { index, term, waiter, deadline });
     }
 
+    /// The number of waiters of the current leadership.
+    pub(super) fn waiting(&self) -> usize {
+        self.in_order.len()
+    }
+
     /// Takes the waiters of `committed` (consecutive entries about to be
     /// applied) into `out`, with the index they wait for; answers those whose
     /// index now holds another term's entry with [`ClientError::Lost`].

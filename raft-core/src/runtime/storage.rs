@@ -50,6 +50,13 @@ impl StorageTask {
     pub(super) async fn run(mut self) {
         let mut receiving: Option<Receiving> = None;
         while let Some(first) = self.jobs.recv().await {
+            if matches!(&first, StorageJob::Write { write, .. } if write.entries.len() > 1) {
+                // A write of several entries means the node is busy: let the
+                // driver queue its next write first, so they merge into one
+                // (the driver's batch wakes this task at once otherwise). An
+                // idle node's lone entry is written without the detour.
+                tokio::task::yield_now().await;
+            }
             let mut jobs = vec![first];
             while jobs.len() < MAX_JOBS_PER_WRITE {
                 match self.jobs.try_recv() {
