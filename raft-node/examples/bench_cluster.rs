@@ -23,9 +23,10 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
 use raft_core::types::NodeId;
 use raft_transport_quic::certs::ClusterCa;
 use raft_transport_quic::ClusterId;
@@ -202,20 +203,19 @@ enum Workload {
     Read,
 }
 
-fn http_client() -> Result<reqwest::Client, String> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(rustls::RootCertStore::empty())
-        .with_no_client_auth();
-    reqwest::Client::builder()
-        .use_preconfigured_tls(tls)
-        .pool_max_idle_per_host(1)
-        .tcp_nodelay(true)
-        .timeout(Duration::from_secs(10))
-        .build()
-        .map_err(|e| e.to_string())
+/// One keep-alive HTTP/1.1 connection driven by hyper's low-level client:
+/// the lightest load generator at hand, so the machine's two cores go to
+/// the systems under test rather than to the generator.
+async fn connect(target: &str) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, String> {
+    let address = target.strip_prefix("http://").ok_or("the target must be an http:// URL")?;
+    let stream =
+        tokio::net::TcpStream::connect(address).await.map_err(|e| format!("connecting to {address}: {e}"))?;
+    stream.set_nodelay(true).map_err(|e| e.to_string())?;
+    let (sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("HTTP handshake with {address}: {e}"))?;
+    tokio::spawn(connection);
+    Ok(sender)
 }
 
 /// Runs `connections` loops, each with one request in flight, for `duration`.
@@ -226,14 +226,18 @@ async fn load(
     connections: usize,
     duration: Duration,
 ) -> Result<Figures, String> {
-    let value = Arc::new(vec![b'v'; VALUE_BYTES]);
+    let value = Bytes::from(vec![b'v'; VALUE_BYTES]);
+    let value_base64 = base64(&value);
+    let authority = target.strip_prefix("http://").unwrap_or(target).to_string();
     let start = Instant::now();
     let end = start + duration;
     let mut tasks = Vec::new();
     for connection in 0..connections {
-        let client = http_client()?;
+        let mut sender = connect(target).await?;
         let target = target.to_string();
-        let value = Arc::clone(&value);
+        let value = value.clone();
+        let value_base64 = value_base64.clone();
+        let authority = authority.clone();
         tasks.push(tokio::spawn(async move {
             let mut latencies: Vec<u32> = Vec::new();
             let mut errors = 0u64;
@@ -241,32 +245,39 @@ async fn load(
             while Instant::now() < end {
                 let key = format!("bench-{connection}-{}", sequence % KEYS_PER_CONNECTION);
                 sequence += 1;
-                let request = match (system, workload) {
-                    (System::RaftNode, Workload::Write) => {
-                        client.put(format!("{target}/v1/kv/{key}")).body(value.as_ref().clone())
-                    }
-                    (System::RaftNode, Workload::Read) => {
-                        // Reads cycle over keys the write runs created.
-                        client.get(format!("{target}/v1/kv/{key}"))
-                    }
-                    (System::Etcd, Workload::Write) => {
-                        client.post(format!("{target}/v3/kv/put")).body(format!(
-                            "{{\"key\":\"{}\",\"value\":\"{}\"}}",
-                            base64(key.as_bytes()),
-                            base64(&value)
-                        ))
-                    }
-                    (System::Etcd, Workload::Read) => client
-                        .post(format!("{target}/v3/kv/range"))
-                        .body(format!("{{\"key\":\"{}\"}}", base64(key.as_bytes()))),
+                let (method, path, body) = match (system, workload) {
+                    (System::RaftNode, Workload::Write) => ("PUT", format!("/v1/kv/{key}"), value.clone()),
+                    // Reads cycle over keys the write runs created.
+                    (System::RaftNode, Workload::Read) => ("GET", format!("/v1/kv/{key}"), Bytes::new()),
+                    (System::Etcd, Workload::Write) => (
+                        "POST",
+                        "/v3/kv/put".to_string(),
+                        Bytes::from(format!(
+                            "{{\"key\":\"{}\",\"value\":\"{value_base64}\"}}",
+                            base64(key.as_bytes())
+                        )),
+                    ),
+                    (System::Etcd, Workload::Read) => (
+                        "POST",
+                        "/v3/kv/range".to_string(),
+                        Bytes::from(format!("{{\"key\":\"{}\"}}", base64(key.as_bytes()))),
+                    ),
                 };
+                let request = hyper::Request::builder()
+                    .method(method)
+                    .uri(path)
+                    .header(hyper::header::HOST, authority.as_str())
+                    .body(Full::new(body))
+                    .expect("a valid request");
                 let sent = Instant::now();
-                let failure = match request.send().await {
+                let failure = match sender.send_request(request).await {
                     Ok(response) => {
                         let status = response.status();
-                        match response.bytes().await {
+                        match response.into_body().collect().await {
                             Ok(_) if status.is_success() || status.as_u16() == 404 => None,
-                            Ok(body) => Some(format!("{status}: {}", String::from_utf8_lossy(&body))),
+                            Ok(body) => {
+                                Some(format!("{status}: {}", String::from_utf8_lossy(&body.to_bytes())))
+                            }
                             Err(error) => Some(format!("reading the answer: {error}")),
                         }
                     }
@@ -280,6 +291,13 @@ async fn load(
                             eprintln!("request failed: {failure}");
                         }
                         errors += 1;
+                        // A broken connection is replaced.
+                        if sender.is_closed() {
+                            match connect(&target).await {
+                                Ok(fresh) => sender = fresh,
+                                Err(_) => break,
+                            }
+                        }
                     }
                 }
             }
@@ -438,12 +456,16 @@ impl RaftCluster {
             .enumerate()
             .map(|(i, (client, peer))| format!("{}=127.0.0.1:{peer}=http://127.0.0.1:{client}", i + 1))
             .collect();
-        let mut processes = Processes(Vec::new());
-        for (i, (client, peer)) in ports.iter().enumerate() {
-            let id = i as u64 + 1;
+        // Every certificate first: writing a node's files rewrites the
+        // shared ca.pem, which a node already starting would read half-written.
+        for id in 1..=ports.len() as u64 {
             ca.issue_node(NodeId(id), &["127.0.0.1".into()])
                 .and_then(|node| node.write_pem_files(&certs))
                 .map_err(|e| e.to_string())?;
+        }
+        let mut processes = Processes(Vec::new());
+        for (i, (client, peer)) in ports.iter().enumerate() {
+            let id = i as u64 + 1;
             let log =
                 std::fs::File::create(directory.join(format!("node-{id}.log"))).map_err(|e| e.to_string())?;
             let mut command = Command::new(&options.raft_node);

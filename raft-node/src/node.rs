@@ -285,7 +285,7 @@ pub async fn start(
 
     let listener = http::Listener::bind(config.listen_client).await?;
     let client_address = listener.local_address().map_err(|e| setup(format!("client API address: {e}")))?;
-    let state = AppState {
+    let state = AppState::new(http::Shared {
         raft: raft.clone(),
         config: Arc::clone(&config),
         directory,
@@ -293,7 +293,7 @@ pub async fn start(
         prometheus,
         forwarder,
         limiter: Arc::new(Semaphore::new(config.max_concurrent_requests)),
-    };
+    });
     let server_tls = if config.client_tls { Some(Arc::new(https_config(&config, &tls)?)) } else { None };
     tasks.push(tokio::spawn(listener.serve(http::router(state), server_tls, stop_receiver)));
 

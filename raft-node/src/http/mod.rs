@@ -30,9 +30,28 @@ use crate::kv::Directory;
 pub use cluster::most_caught_up_voter;
 pub use error::ApiError;
 
-/// What every handler shares.
+/// What every handler shares. Cheap to clone (axum clones it for every
+/// request): one reference count.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    /// Wraps the shared parts.
+    pub fn new(shared: Shared) -> AppState {
+        AppState(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// The parts of [`AppState`].
+pub struct Shared {
     /// The Raft runtime.
     pub raft: RaftNode,
     /// The node's settings.
@@ -49,7 +68,7 @@ pub struct AppState {
     pub limiter: Arc<Semaphore>,
 }
 
-impl AppState {
+impl Shared {
     /// The node's current status.
     pub fn status(&self) -> NodeStatus {
         self.raft.status().borrow().clone()
