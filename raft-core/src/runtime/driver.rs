@@ -5,12 +5,15 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::MissedTickBehavior;
 
 use super::apply::{ApplyEvent, ApplyJob, ApplyTask, Waiter};
 use super::proposals::Proposals;
 use super::storage::{StorageEvent, StorageJob, StorageTask};
-use super::{ClientError, Command, NodeStatus, Parts, ReadConsistency, RuntimeConfig, StartError, StartMode};
+use super::{
+    ClientError, CoarseClock, Command, Deadline, NodeStatus, Parts, ReadConsistency, RuntimeConfig,
+    StartError, StartMode,
+};
 use crate::message::Message;
 use crate::protocol::{Engine, MembershipChange, MembershipError, PersistId, ReadMode, Ready, SnapshotRead};
 use crate::storage::{LogWrite, SnapshotStore, StorageError};
@@ -45,20 +48,20 @@ pub(super) struct Driver {
     proposals: Proposals,
     /// Reads waiting for the engine's confirmation, by read id (which is
     /// also arrival order), with their deadline.
-    reads: BTreeMap<ReadId, (Bytes, ReadReply, Instant)>,
+    reads: BTreeMap<ReadId, (Bytes, ReadReply, Deadline)>,
     /// Confirmed reads waiting for their index to be handed to the apply task.
-    confirmed_reads: VecDeque<(LogIndex, Bytes, ReadReply, Instant)>,
+    confirmed_reads: VecDeque<(LogIndex, Bytes, ReadReply, Deadline)>,
     next_read_id: u64,
     /// The last index handed to the apply task.
     handed_out: LogIndex,
     /// Received snapshots to restore once their write is durable.
     installs: BTreeMap<PersistId, SnapshotMeta>,
     snapshot_in_progress: bool,
-    snapshot_waiters: Vec<(SnapshotReply, Instant)>,
-    transfer_waiters: Vec<(TransferReply, Instant)>,
+    snapshot_waiters: Vec<(SnapshotReply, Deadline)>,
+    transfer_waiters: Vec<(TransferReply, Deadline)>,
     /// Membership changes that reached a leader before it committed an entry
     /// of its term; retried after every batch until their deadline.
-    parked_changes: Vec<(MembershipChange, Waiter, Instant)>,
+    parked_changes: Vec<(MembershipChange, Waiter, Deadline)>,
     stopped: Option<String>,
     shutting_down: bool,
     /// The storage and apply tasks: shutdown waits for them, so the stores
@@ -66,6 +69,8 @@ pub(super) struct Driver {
     helper_tasks: Vec<tokio::task::JoinHandle<()>>,
     /// Entries the last batch handed to storage (a sign of load).
     last_batch_entries: usize,
+    /// The clock request deadlines are set on; refreshed every tick.
+    clock: Arc<CoarseClock>,
 }
 
 impl Driver {
@@ -75,6 +80,7 @@ impl Driver {
         parts: Parts,
         commands: mpsc::Receiver<Command>,
         status: watch::Sender<NodeStatus>,
+        clock: Arc<CoarseClock>,
     ) -> Result<Driver, StartError> {
         let Parts { log_store, snapshot_store, mut state_machine, transport, inbox } = parts;
         let engine = super::restore_engine(&config, &mode, log_store.as_ref()).await?;
@@ -132,6 +138,7 @@ impl Driver {
             shutting_down: false,
             helper_tasks: vec![storage_task, apply_task],
             last_batch_entries: 0,
+            clock,
         })
     }
 
@@ -224,7 +231,8 @@ impl Driver {
                 let _ = waiter.send(Err(ClientError::Timeout));
             }
         }
-        self.expire_requests(Instant::now());
+        let now = self.clock.refresh();
+        self.expire_requests(now);
         self.publish_status();
     }
 
@@ -232,7 +240,7 @@ impl Driver {
     /// passed and forgets those whose client stopped waiting. Proposals and
     /// reads arrive in deadline order, so only their expired front is
     /// visited; the other lists are short.
-    fn expire_requests(&mut self, now: Instant) {
+    fn expire_requests(&mut self, now: Deadline) {
         self.proposals.expire(now);
         while let Some(entry) = self.reads.first_entry() {
             let (_, reply, deadline) = entry.get();
@@ -242,7 +250,7 @@ impl Driver {
             let (_, reply, _) = entry.remove();
             let _ = reply.send(Err(ClientError::Timeout));
         }
-        let expired = |reply: &ReadReply, deadline: Instant| deadline <= now || reply.is_closed();
+        let expired = |reply: &ReadReply, deadline: Deadline| deadline <= now || reply.is_closed();
         if self.confirmed_reads.iter().any(|(_, _, reply, deadline)| expired(reply, *deadline)) {
             let mut kept = VecDeque::with_capacity(self.confirmed_reads.len());
             for (index, query, reply, deadline) in self.confirmed_reads.drain(..) {
@@ -296,7 +304,7 @@ impl Driver {
         }
     }
 
-    fn change_membership(&mut self, change: MembershipChange, reply: Waiter, deadline: Instant) {
+    fn change_membership(&mut self, change: MembershipChange, reply: Waiter, deadline: Deadline) {
         match self.engine.change_membership(change.clone()) {
             Ok((term, index)) => self.proposals.insert(term, index, reply, deadline),
             Err(MembershipError::NotReady) if !reply.is_closed() => {
@@ -324,7 +332,7 @@ impl Driver {
         query: Bytes,
         consistency: ReadConsistency,
         reply: ReadReply,
-        deadline: Instant,
+        deadline: Deadline,
     ) {
         let mode = match consistency {
             ReadConsistency::Stale => {
@@ -530,7 +538,7 @@ impl Driver {
 
 /// Answers [`ClientError::Timeout`] to the waiters in `list` whose deadline
 /// passed or whose client stopped waiting; keeps the others in order.
-fn expire_waiters<T>(list: &mut Vec<(oneshot::Sender<Result<T, ClientError>>, Instant)>, now: Instant) {
+fn expire_waiters<T>(list: &mut Vec<(oneshot::Sender<Result<T, ClientError>>, Deadline)>, now: Deadline) {
     for (reply, deadline) in std::mem::take(list) {
         if deadline <= now || reply.is_closed() {
             let _ = reply.send(Err(ClientError::Timeout));

@@ -2,7 +2,7 @@
 
 use std::collections::VecDeque;
 
-use tokio::time::Instant;
+use super::Deadline;
 
 use super::apply::Waiter;
 use super::ClientError;
@@ -35,12 +35,12 @@ struct Pending {
     index: LogIndex,
     term: Term,
     waiter: Waiter,
-    deadline: Instant,
+    deadline: Deadline,
 }
 
 impl Proposals {
     /// Records a client waiting for the entry appended at (`term`, `index`).
-    pub(super) fn insert(&mut self, term: Term, index: LogIndex, waiter: Waiter, deadline: Instant) {
+    pub(super) fn insert(&mut self, term: Term, index: LogIndex, waiter: Waiter, deadline: Deadline) {
         while self.in_order.back().is_some_and(|p| p.index >= index) {
             if let Some(pending) = self.in_order.pop_back() {
                 self.overtaken.push(pending);
@@ -105,7 +105,7 @@ impl Proposals {
     /// and forgets those whose client stopped waiting. Waiters arrive in
     /// deadline order, so the scan of the queue stops at the first one still
     /// in time.
-    pub(super) fn expire(&mut self, now: Instant) {
+    pub(super) fn expire(&mut self, now: Deadline) {
         while self.in_order.front().is_some_and(|p| p.deadline <= now || p.waiter.is_closed()) {
             if let Some(pending) = self.in_order.pop_front() {
                 let _ = pending.waiter.send(Err(ClientError::Timeout));
@@ -144,7 +144,7 @@ mod tests {
 
     fn wait(proposals: &mut Proposals, index: u64, term: u64) -> Receiver {
         let (waiter, receiver) = oneshot::channel();
-        let deadline = Instant::now() + std::time::Duration::from_secs(60);
+        let deadline = 60_000;
         proposals.insert(Term(term), LogIndex(index), waiter, deadline);
         receiver
     }
@@ -198,9 +198,9 @@ mod tests {
         let mut proposals = Proposals::default();
         let mut first = wait(&mut proposals, 1, 1);
         let mut second = wait(&mut proposals, 2, 1);
-        proposals.expire(Instant::now());
+        proposals.expire(59_999);
         assert!(first.try_recv().is_err() && second.try_recv().is_err(), "still in time");
-        proposals.expire(Instant::now() + std::time::Duration::from_secs(61));
+        proposals.expire(60_000);
         assert_eq!(first.try_recv().ok(), Some(Err(ClientError::Timeout)));
         assert_eq!(second.try_recv().ok(), Some(Err(ClientError::Timeout)));
         let mut out = Vec::new();
