@@ -6,10 +6,10 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use bytes::Bytes;
+
 use raft_core::protocol::MembershipChange;
 use raft_core::runtime::{NodeStatus, ReadConsistency};
 use raft_core::types::{Membership, NodeId, Role};
@@ -93,13 +93,10 @@ fn cluster_status(state: &AppState, status: &NodeStatus) -> ClusterStatus {
 /// this replica's own state, to compare replicas).
 pub async fn digest(
     State(state): State<AppState>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
+    original: Original,
     query: Result<Query<BTreeMap<String, String>>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let consistency = super::kv::consistency(&super::kv::query_map(query)?, ReadConsistency::Stale)?;
-    let original = Original { method, uri, headers, body: Bytes::new() };
     match super::kv::read_query(&state, KvQuery::Digest, consistency, original).await? {
         Ok(KvAnswer::Digest { applied_index, keys, hash }) => {
             Ok(Json(Digest { applied_index, keys, hash: format!("{hash:016x}") }).into_response())
@@ -166,12 +163,10 @@ fn membership_result(committed: &raft_core::runtime::Committed, state: &AppState
 /// promotes it once it caught up.
 pub async fn add_member(
     State(state): State<AppState>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
+    original: Original,
     body: Body,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers)?;
+    authorize(&state, &original.headers)?;
     let body = read_body(body, MAX_ADMIN_BODY_BYTES, "request body").await?;
     let request: AddMemberRequest = parse_json(&body)?;
     if request.id == 0 {
@@ -186,7 +181,7 @@ pub async fn add_member(
     let client = crate::config::check_url(&request.client_address)
         .map_err(|error| ApiError::bad_request("bad_address", format!("client_address: {error}")))?;
     let id = NodeId(request.id);
-    let original = Original { method, uri, headers, body };
+    let original = Original { body, ..original };
     if state.status().membership.contains(id) {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -236,15 +231,12 @@ async fn promote(state: &AppState, id: NodeId) -> Result<MembershipResult, ApiEr
 /// `POST /v1/cluster/members/{id}/promote`.
 pub async fn promote_member(
     State(state): State<AppState>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
+    original: Original,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers)?;
+    authorize(&state, &original.headers)?;
     let id = NodeId(member_id(path)?);
     if !state.is_leader() {
-        let original = Original { method, uri, headers, body: Bytes::new() };
         return match on_leader(&state, || state.raft.change_membership(MembershipChange::PromoteLearner(id)))
             .await?
         {
@@ -259,14 +251,11 @@ pub async fn promote_member(
 /// configuration, then from the directory, so no node contacts it again.
 pub async fn remove_member(
     State(state): State<AppState>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
+    original: Original,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers)?;
+    authorize(&state, &original.headers)?;
     let id = NodeId(member_id(path)?);
-    let original = Original { method, uri, headers, body: Bytes::new() };
     let committed =
         match on_leader(&state, || state.raft.change_membership(MembershipChange::Remove(id))).await? {
             Routed::Here(committed) => committed,
@@ -286,12 +275,10 @@ pub async fn remove_member(
 /// up-to-date voter): hands leadership over and waits until it moved.
 pub async fn transfer_leader(
     State(state): State<AppState>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
+    original: Original,
     body: Body,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers)?;
+    authorize(&state, &original.headers)?;
     let body = read_body(body, MAX_ADMIN_BODY_BYTES, "request body").await?;
     let request: TransferRequest = if body.iter().all(u8::is_ascii_whitespace) {
         TransferRequest::default()
@@ -300,7 +287,7 @@ pub async fn transfer_leader(
     };
     let status = state.status();
     if status.role != Some(Role::Leader) {
-        let original = Original { method, uri, headers, body };
+        let original = Original { body, ..original };
         let leader = match state.current_leader() {
             Some(leader) => leader,
             None => state.wait_for_leader(Duration::from_secs(3)).await.ok_or_else(|| {

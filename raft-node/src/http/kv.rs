@@ -90,12 +90,29 @@ where
     Err(ApiError::unavailable("no_leader", "leadership kept moving; retry"))
 }
 
-/// The parts of a request needed to forward it.
+/// The parts of a request needed to forward it; extracted from any
+/// request (without its body, which handlers read with their own limit).
 pub(super) struct Original {
     pub method: Method,
     pub uri: Uri,
     pub headers: HeaderMap,
     pub body: Bytes,
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Original {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Original {
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            headers: parts.headers.clone(),
+            body: Bytes::new(),
+        })
+    }
 }
 
 impl Original {
@@ -266,15 +283,12 @@ pub(super) async fn read_query(
 /// `GET /v1/kv/{key}?consistency=…`
 pub async fn get(
     State(state): State<AppState>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
+    original: Original,
     path: Result<Path<String>, PathRejection>,
     query: Result<Query<BTreeMap<String, String>>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let key = checked_key(&state, path)?;
     let consistency = consistency(&query_map(query)?, ReadConsistency::Linearizable)?;
-    let original = Original { method, uri, headers, body: Bytes::new() };
     let answer = match read_query(&state, KvQuery::Get { key: key.clone() }, consistency, original).await? {
         Ok(answer) => answer,
         Err(forwarded) => return Ok(forwarded),
@@ -299,9 +313,7 @@ pub async fn get(
 /// `GET /v1/kv?prefix=P&limit=N&consistency=…`
 pub async fn list(
     State(state): State<AppState>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
+    original: Original,
     query: Result<Query<BTreeMap<String, String>>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let query = query_map(query)?;
@@ -319,7 +331,6 @@ pub async fn list(
             }
         },
     };
-    let original = Original { method, uri, headers, body: Bytes::new() };
     let answer = match read_query(&state, KvQuery::List { prefix, limit }, consistency, original).await? {
         Ok(answer) => answer,
         Err(forwarded) => return Ok(forwarded),
@@ -337,34 +348,29 @@ pub async fn list(
 /// `PUT /v1/kv/{key}` with the raw value as body.
 pub async fn put(
     State(state): State<AppState>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
+    original: Original,
     path: Result<Path<String>, PathRejection>,
     body: Body,
 ) -> Result<Response, ApiError> {
     let key = checked_key(&state, path)?;
     let value = read_body(body, state.config.max_value_bytes, "value").await?;
-    let precondition = precondition(&headers)?;
-    let client = idempotency(&headers)?;
+    let precondition = precondition(&original.headers)?;
+    let client = idempotency(&original.headers)?;
     let command = KvCommand::Put { key: key.clone(), value: value.clone(), precondition };
-    let original = Original { method, uri, headers, body: value };
+    let original = Original { body: value, ..original };
     write(&state, &key, command, client, original).await
 }
 
 /// `DELETE /v1/kv/{key}`.
 pub async fn delete(
     State(state): State<AppState>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
+    original: Original,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let key = checked_key(&state, path)?;
-    let precondition = precondition(&headers)?;
-    let client = idempotency(&headers)?;
+    let precondition = precondition(&original.headers)?;
+    let client = idempotency(&original.headers)?;
     let command = KvCommand::Delete { key: key.clone(), precondition };
-    let original = Original { method, uri, headers, body: Bytes::new() };
     write(&state, &key, command, client, original).await
 }
 
