@@ -55,8 +55,8 @@
 #![deny(missing_docs)]
 
 pub mod names;
-mod process;
 mod node;
+mod process;
 
 pub use node::{NodeMetrics, PeerTransportFigures, TransportFigures};
 
