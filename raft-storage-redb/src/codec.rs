@@ -4,7 +4,8 @@
 //!
 //! ```text
 //! byte 0      envelope version (1)
-//! byte 1      record kind (1 = log entry, 2 = hard state, 3 = snapshot metadata)
+//! byte 1      record kind (1 = log entry, 2 = hard state, 3 = snapshot metadata,
+//!             4 = WAL checkpoint)
 //! bytes 2..6  CRC32C, little-endian, over: the record's key as 8 little-endian
 //!             bytes, then bytes 0..2, then the body
 //! bytes 6..   the record as postcard (serde)
@@ -42,6 +43,9 @@ pub(crate) enum RecordKind {
     HardState = 2,
     /// The current snapshot's metadata (key 0).
     SnapshotMeta = 3,
+    /// The sequence number of the last WAL record checkpointed into redb
+    /// (key 0).
+    WalCheckpoint = 4,
 }
 
 /// Encodes `value` as an envelope into `buffer` (cleared first), so a batch

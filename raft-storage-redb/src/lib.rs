@@ -29,8 +29,10 @@ mod blocking;
 mod codec;
 mod log_store;
 mod log_tables;
+mod pending;
 mod snapshot_file;
 mod snapshot_store;
+mod wal;
 
 use std::path::Path;
 

@@ -1,13 +1,15 @@
 //! [`RedbLogStore`]: the durable log, hard state and current snapshot
-//! metadata in one redb database. The layout and commit protocol are in the
-//! crate's `DESIGN.md`.
+//! metadata: a write-ahead log in front of one redb database. The layout,
+//! commit protocol and recovery are in the crate's `DESIGN.md`.
 
 use std::fs;
 use std::io::Read;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, RepairSession, TableError};
@@ -19,9 +21,13 @@ use raft_core::types::{Entry, LogIndex, SnapshotMeta};
 use crate::blocking::{guard_panics, panic_error, redb_error, run_blocking};
 use crate::codec;
 use crate::log_tables::{self, FORMAT, FORMAT_VERSION_KEY};
+use crate::pending::{Base, Layer, Layers};
+use crate::wal::{self, WalFiles, WalWriter};
 
 /// The newest log store format this release reads and the one it writes.
-pub const LOG_FORMAT_VERSION: u32 = 1;
+/// Version 2 added the write-ahead log and its checkpoint record; version 1
+/// databases are migrated when opened.
+pub const LOG_FORMAT_VERSION: u32 = 2;
 
 /// Settings of a [`RedbLogStore`].
 #[derive(Clone, Debug)]
@@ -39,7 +45,8 @@ pub struct LogStoreOptions {
     /// default: the default one-`fsync` commit relies on checksums to tell a
     /// torn commit after a crash, which also means a commit damaged by the
     /// media *and* followed by a crash is rolled back instead of reported
-    /// (see `DESIGN.md`, "Assumptions about the media").
+    /// (see `DESIGN.md`, "Assumptions about the media"). Only checkpoints
+    /// commit to redb; writes go to the write-ahead log.
     pub two_phase_commit: bool,
     /// Reclaim the file's free space with redb's `Database::compact` when a
     /// log compaction leaves at least this fraction of the file free (and
@@ -48,6 +55,18 @@ pub struct LogStoreOptions {
     pub file_compaction_free_fraction: Option<f64>,
     /// Files smaller than this are never compacted: the work would not pay.
     pub file_compaction_min_bytes: u64,
+    /// The size of a write-ahead log segment file. A write larger than this
+    /// gets a segment of its own size.
+    pub wal_segment_bytes: u64,
+    /// Checkpoint (move the logged writes into redb) once the writes not yet
+    /// checkpointed hold this many bytes of entries...
+    pub checkpoint_bytes: u64,
+    /// ...or once the oldest of them is this old.
+    pub checkpoint_interval: Duration,
+    /// A write waits for the checkpointer while the writes not yet
+    /// checkpointed hold this many bytes. With the batch being checkpointed,
+    /// the store holds at most twice this (plus one write) in memory.
+    pub max_pending_bytes: u64,
 }
 
 impl Default for LogStoreOptions {
@@ -58,6 +77,10 @@ impl Default for LogStoreOptions {
             two_phase_commit: false,
             file_compaction_free_fraction: Some(0.5),
             file_compaction_min_bytes: 256 << 20,
+            wal_segment_bytes: 64 << 20,
+            checkpoint_bytes: 16 << 20,
+            checkpoint_interval: Duration::from_secs(1),
+            max_pending_bytes: 64 << 20,
         }
     }
 }
@@ -74,16 +97,27 @@ pub struct SpaceUsage {
     pub allocated_bytes: u64,
 }
 
-/// A [`LogStore`] on one redb database file.
+/// A [`LogStore`]: a write-ahead log of segment files in front of one redb
+/// database file.
 ///
-/// Opening creates the file (crash-safely: it is initialized under a
-/// temporary name and renamed into place) or verifies an existing one. Each
-/// [`LogStore::write`] is one redb write transaction; nothing of the log is
-/// kept in memory beyond redb's bounded page cache. Only one handle may have
-/// a file open at a time (redb locks it).
+/// Each [`LogStore::write`] is one WAL record (one `pwrite`, and one
+/// `fdatasync` when `sync`). A background thread moves logged writes into
+/// redb in large transactions (checkpoints) and deletes the segments they
+/// cover; until then the store keeps those writes in memory, bounded by
+/// [`LogStoreOptions::max_pending_bytes`]. Opening replays the WAL after the
+/// last checkpoint. Dropping the last clone checkpoints everything, so a
+/// cleanly closed store has an empty WAL. Only one handle may have a file
+/// open at a time (redb locks it; the WAL belongs to that file).
 #[derive(Clone)]
 pub struct RedbLogStore {
+    handle: Arc<Handle>,
+}
+
+/// Owns the background thread: dropping the last handle stops it and
+/// checkpoints what is left.
+struct Handle {
     shared: Arc<Shared>,
+    background: Mutex<Option<JoinHandle<()>>>,
 }
 
 struct Shared {
@@ -92,20 +126,57 @@ struct Shared {
     database: RwLock<Database>,
     path: PathBuf,
     options: LogStoreOptions,
-    /// Set when redb panicked: its in-memory state can no longer be trusted,
-    /// so the store refuses further work until it is reopened.
+    /// Set when redb panicked or the WAL or a checkpoint failed: the store's
+    /// state can no longer be trusted, so it refuses further work until it
+    /// is reopened.
     failed: AtomicBool,
+    wal_files: WalFiles,
+    /// Held by a write for its whole length, so records are logged in the
+    /// order they are applied. Lock order: `checkpointing`, then `writer`,
+    /// then `pending`.
+    writer: Mutex<WalWriter>,
+    /// Held by whoever checkpoints (the background thread, or an operation
+    /// that needs everything in redb first).
+    checkpointing: Mutex<()>,
+    pending: Mutex<Pending>,
+    /// Signalled when the pending writes grow past the checkpoint size,
+    /// when a checkpoint finishes, and on stop.
+    changed: Condvar,
+    stop: AtomicBool,
+}
+
+/// The logged writes not yet in redb, and what the write path needs to know
+/// about redb.
+struct Pending {
+    /// The layer a checkpoint is moving into redb.
+    frozen: Option<Arc<Layer>>,
+    /// Writes logged since.
+    active: Layer,
+    /// When the oldest write of `active` was logged.
+    active_since: Option<Instant>,
+    base: Base,
+}
+
+impl Pending {
+    fn layers(&self) -> Layers<'_> {
+        Layers { frozen: self.frozen.as_deref(), active: &self.active }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> Result<MutexGuard<'_, T>, StorageError> {
+    mutex.lock().map_err(|_| StorageError::Backend("a log store lock is poisoned".into()))
 }
 
 impl std::fmt::Debug for RedbLogStore {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter.debug_struct("RedbLogStore").field("path", &self.shared.path).finish_non_exhaustive()
+        formatter.debug_struct("RedbLogStore").field("path", &self.handle.shared.path).finish_non_exhaustive()
     }
 }
 
 impl RedbLogStore {
     /// Opens the store at `path` (a file), creating it if it does not exist,
-    /// with the default options.
+    /// with the default options. The write-ahead log lives in the directory
+    /// `<path>.wal` next to it.
     ///
     /// This blocks on disk I/O; from async code prefer [`Self::open_async`].
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StorageError> {
@@ -115,16 +186,14 @@ impl RedbLogStore {
     /// Opens the store at `path` with `options`.
     pub fn open_with(path: impl AsRef<Path>, options: LogStoreOptions) -> Result<Self, StorageError> {
         let path = path.as_ref().to_path_buf();
-        guard_panics("opening the log store", || open_database(&path, &options)).map(|database| {
-            RedbLogStore {
-                shared: Arc::new(Shared {
-                    database: RwLock::new(database),
-                    path,
-                    options,
-                    failed: AtomicBool::new(false),
-                }),
-            }
-        })
+        let shared = Arc::new(guard_panics("opening the log store", || Shared::open(path, options))?);
+        let background = {
+            let shared = Arc::clone(&shared);
+            std::thread::Builder::new()
+                .name("raft-log-checkpointer".into())
+                .spawn(move || shared.run_background())?
+        };
+        Ok(RedbLogStore { handle: Arc::new(Handle { shared, background: Mutex::new(Some(background)) }) })
     }
 
     /// [`Self::open_with`] on tokio's blocking pool.
@@ -135,19 +204,30 @@ impl RedbLogStore {
 
     /// The database file's path.
     pub fn path(&self) -> &Path {
-        &self.shared.path
+        &self.handle.shared.path
+    }
+
+    /// The write-ahead log's directory.
+    pub fn wal_directory(&self) -> &Path {
+        self.handle.shared.wal_files.directory()
+    }
+
+    /// The number of WAL segment files (the one being written, spares made
+    /// ahead of need, and those a checkpoint has not covered yet).
+    pub fn wal_segment_count(&self) -> Result<usize, StorageError> {
+        self.handle.shared.wal_files.segment_count()
     }
 
     /// The database file's current size in bytes.
     pub fn file_size_bytes(&self) -> Result<u64, StorageError> {
-        Ok(fs::metadata(&self.shared.path)?.len())
+        Ok(fs::metadata(&self.handle.shared.path)?.len())
     }
 
     /// How much of the database file redb has allocated. This walks the
     /// live trees (about one read of the live log): for monitoring, not for
     /// every request.
     pub async fn space_usage(&self) -> Result<SpaceUsage, StorageError> {
-        let shared = Arc::clone(&self.shared);
+        let shared = Arc::clone(&self.handle.shared);
         run_blocking("measuring the file", move || {
             let allocated_bytes = shared.with_database("measuring the file", log_tables::allocated_bytes)?;
             Ok(SpaceUsage { file_bytes: fs::metadata(&shared.path)?.len(), allocated_bytes })
@@ -160,9 +240,56 @@ impl RedbLogStore {
     /// Returns whether the file changed. [`LogStore::compact`] calls this on
     /// its own when [`LogStoreOptions::file_compaction_free_fraction`] says so.
     pub async fn compact_file(&self) -> Result<bool, StorageError> {
-        let shared = Arc::clone(&self.shared);
+        let shared = Arc::clone(&self.handle.shared);
         run_blocking("compacting the database file", move || shared.compact_file()).await
     }
+
+    /// Moves every logged write into redb now and deletes the WAL segments
+    /// that covers (the background thread does this on its own; this is for
+    /// tests, benchmarks and a deliberate shutdown).
+    pub async fn checkpoint(&self) -> Result<(), StorageError> {
+        let shared = Arc::clone(&self.handle.shared);
+        run_blocking("checkpointing", move || shared.checkpoint_all()).await
+    }
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        self.shared.changed.notify_all();
+        if let Some(thread) = self.background.get_mut().ok().and_then(Option::take) {
+            let _ = thread.join();
+        }
+        if !self.shared.failed.load(Ordering::SeqCst) {
+            // A clean close leaves everything in redb, so the next open has
+            // nothing to replay. Nothing is lost if this fails: the WAL
+            // still holds the writes.
+            if let Err(error) = guard_panics("closing the log store", || self.shared.checkpoint_all()) {
+                tracing::warn!(%error, "the last checkpoint before closing failed; the WAL keeps the writes");
+            }
+        }
+    }
+}
+
+/// The WAL directory of the database at `path`: `<path>.wal`.
+fn wal_directory(path: &Path) -> PathBuf {
+    let mut name = path.file_name().map(|name| name.to_os_string()).unwrap_or_default();
+    name.push(".wal");
+    path.with_file_name(name)
+}
+
+/// Refuses a batch whose entries do not follow each other: storing it would
+/// leave a log that `read_state` must report as damaged.
+fn check_consecutive(entries: &[Entry]) -> Result<(), StorageError> {
+    for pair in entries.windows(2) {
+        if pair[1].index != pair[0].index.next() {
+            return Err(StorageError::InvalidWrite(format!(
+                "refusing a write whose entries are not consecutive ({} follows {})",
+                pair[1].index, pair[0].index
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Opens or creates the database file and checks its format version.
@@ -185,7 +312,12 @@ fn open_database(path: &Path, options: &LogStoreOptions) -> Result<Database, Sto
     if fell_back.load(Ordering::SeqCst) {
         tracing::warn!(path = %path.display(), "the last commit before a crash was torn; it was rolled back");
     }
-    check_format(&database, path)?;
+    if check_format(&database, path)? == 1 {
+        // A version-1 database predates the WAL: give it an empty one.
+        wal::create_directory(&wal_directory(path))?;
+        log_tables::migrate_from_v1(&database, LOG_FORMAT_VERSION)?;
+        tracing::info!(path = %path.display(), "migrated the log store from format 1 to {LOG_FORMAT_VERSION}");
+    }
     Ok(database)
 }
 
@@ -249,6 +381,13 @@ fn remove_stale_initialization(path: &Path) -> Result<(), StorageError> {
 fn initialize(path: &Path, options: &LogStoreOptions) -> Result<(), StorageError> {
     let directory = parent_directory(path);
     fs::create_dir_all(&directory)?;
+    // A WAL without its database is left over from a store that was
+    // removed: it must not be replayed into the new one.
+    let wal_dir = wal_directory(path);
+    if wal_dir.exists() {
+        fs::remove_dir_all(&wal_dir)?;
+    }
+    wal::create_directory(&wal_dir)?;
     let temporary = initialization_path(path);
     let database = builder(options, true, Arc::new(AtomicBool::new(false)))
         .create(&temporary)
@@ -343,7 +482,8 @@ pub(crate) fn check_redb_header(path: &Path) -> Result<HeaderCheck, StorageError
     Ok(HeaderCheck::ClosedCleanly)
 }
 
-fn check_format(database: &Database, path: &Path) -> Result<(), StorageError> {
+/// Checks the format record; returns the version found.
+fn check_format(database: &Database, path: &Path) -> Result<u32, StorageError> {
     let what = |problem: &str| StorageError::Corrupt(format!("{}: {problem}", path.display()));
     let transaction = database.begin_read().map_err(|error| redb_error("checking the format", error))?;
     let table = match transaction.open_table(FORMAT) {
@@ -364,10 +504,75 @@ fn check_format(database: &Database, path: &Path) -> Result<(), StorageError> {
     if found == 0 {
         return Err(what("format version 0 was never written by any release"));
     }
-    Ok(())
+    Ok(found)
 }
 
 impl Shared {
+    /// Opens redb, then replays the WAL after redb's checkpoint.
+    fn open(path: PathBuf, options: LogStoreOptions) -> Result<Shared, StorageError> {
+        let database = open_database(&path, &options)?;
+        let wal_dir = wal_directory(&path);
+        if !wal_dir.is_dir() {
+            return Err(StorageError::Corrupt(format!(
+                "the write-ahead log directory {} is missing: writes after the last checkpoint are lost",
+                wal_dir.display()
+            )));
+        }
+        let (mut base, checkpoint_seq) = log_tables::base(&database)?;
+        let mut layer = Layer::default();
+        let recovered = wal::recover(&wal_dir, options.wal_segment_bytes, checkpoint_seq, |seq, body| {
+            let write = wal::decode_body(body).map_err(|problem| {
+                StorageError::Corrupt(format!("write-ahead log record {seq}: {problem}"))
+            })?;
+            check_consecutive(&write.entries)
+                .map_err(|error| StorageError::Corrupt(format!("write-ahead log record {seq}: {error}")))?;
+            layer.apply(seq, write.install_snapshot, write.entries, write.hard_state);
+            if layer.bytes >= options.max_pending_bytes {
+                // A long WAL (written with other options) is checkpointed as
+                // it is replayed, so replay stays within the memory bound.
+                let replayed = std::mem::take(&mut layer);
+                base = apply_checkpoint(&database, &replayed, base, options.two_phase_commit)?;
+            }
+            Ok(())
+        })?;
+        if recovered.torn_tail {
+            tracing::warn!(
+                wal = %wal_dir.display(),
+                last_record = ?recovered.last_seq,
+                "the write-ahead log ended in a torn record (a write cut short by a crash, never acknowledged); it was cleared"
+            );
+        }
+        let active_since = (!layer.is_empty()).then(Instant::now);
+        Ok(Shared {
+            database: RwLock::new(database),
+            path,
+            options,
+            failed: AtomicBool::new(false),
+            wal_files: recovered.files,
+            writer: Mutex::new(recovered.writer),
+            checkpointing: Mutex::new(()),
+            pending: Mutex::new(Pending { frozen: None, active: layer, active_since, base }),
+            changed: Condvar::new(),
+            stop: AtomicBool::new(false),
+        })
+    }
+
+    fn check_running(&self, what: &str) -> Result<(), StorageError> {
+        if self.failed.load(Ordering::SeqCst) {
+            return Err(StorageError::Backend(format!("{what}: the store stopped after an earlier failure")));
+        }
+        Ok(())
+    }
+
+    /// Stops the store for good: after a failed `fdatasync` the state of
+    /// the file is unknown, and after a failed checkpoint the memory and
+    /// redb may disagree. Reopening recovers from what is on disk.
+    fn fail(&self, error: StorageError) -> StorageError {
+        self.failed.store(true, Ordering::SeqCst);
+        self.changed.notify_all();
+        error
+    }
+
     /// Runs `work` on the database under the shared lock, stopping the store
     /// for good if redb panics.
     fn with_database<T>(
@@ -375,9 +580,7 @@ impl Shared {
         what: &'static str,
         work: impl FnOnce(&Database) -> Result<T, StorageError>,
     ) -> Result<T, StorageError> {
-        if self.failed.load(Ordering::SeqCst) {
-            return Err(StorageError::Backend(format!("{what}: the store stopped after an earlier failure")));
-        }
+        self.check_running(what)?;
         let database =
             self.database.read().map_err(|_| StorageError::Backend("the store's lock is poisoned".into()))?;
         self.stop_on_panic(what, || work(&database))
@@ -397,11 +600,7 @@ impl Shared {
     }
 
     fn compact_file(&self) -> Result<bool, StorageError> {
-        if self.failed.load(Ordering::SeqCst) {
-            return Err(StorageError::Backend(
-                "compacting: the store stopped after an earlier failure".into(),
-            ));
-        }
+        self.check_running("compacting")?;
         let mut database = self
             .database
             .write()
@@ -418,67 +617,256 @@ impl Shared {
         }
         Ok(compacted)
     }
-}
 
-#[async_trait]
-impl LogStore for RedbLogStore {
-    async fn read_state(&self) -> Result<RestoredState, StorageError> {
-        let shared = Arc::clone(&self.shared);
-        run_blocking("reading the log", move || {
-            shared.with_database("reading the log", log_tables::read_state)
-        })
-        .await
-    }
-
-    async fn write(&self, write: LogWrite) -> Result<(), StorageError> {
-        let shared = Arc::clone(&self.shared);
-        let two_phase = self.shared.options.two_phase_commit;
-        run_blocking("writing to the log", move || {
-            shared.with_database("writing to the log", |database| {
-                log_tables::write(database, &write, two_phase)
-            })
-        })
-        .await
-    }
-
-    async fn set_snapshot(&self, meta: SnapshotMeta) -> Result<(), StorageError> {
-        let shared = Arc::clone(&self.shared);
-        run_blocking("recording a snapshot", move || {
-            shared.with_database("recording a snapshot", |database| log_tables::set_snapshot(database, &meta))
-        })
-        .await
-    }
-
-    async fn compact(&self, up_to: LogIndex) -> Result<(), StorageError> {
-        let shared = Arc::clone(&self.shared);
-        run_blocking("compacting the log", move || {
-            shared.with_database("compacting the log", |database| log_tables::compact(database, up_to))?;
-            // Giving file space back is an optimization: redb's compaction
-            // is transactional, so a failure leaves the database as it was
-            // and the log compaction above stands. Only a panic, which
-            // leaves redb's state suspect, stops the store.
-            match shared.compact_file_if_worth_it() {
-                Err(error) if shared.failed.load(Ordering::SeqCst) => Err(error),
-                Err(error) => {
-                    tracing::warn!(%error, "compacting the database file failed; the log compaction stands");
-                    Ok(())
+    /// One write: checked against the log, logged as one WAL record, then
+    /// applied to the pending layer (visible to reads from then on).
+    fn write(&self, write: LogWrite) -> Result<(), StorageError> {
+        self.check_running("writing to the log")?;
+        check_consecutive(&write.entries)?;
+        self.wait_for_room()?;
+        let mut writer = lock(&self.writer)?;
+        {
+            let pending = lock(&self.pending)?;
+            let next = match &write.install_snapshot {
+                Some(meta) => meta.last_index.get().saturating_add(1),
+                None => pending.layers().next_index(&pending.base),
+            };
+            if let Some(first) = write.entries.first().map(|entry| entry.index.get()) {
+                if first > next {
+                    return Err(StorageError::InvalidWrite(format!(
+                        "refusing to append entry {first}: the log ends at {}, so it would leave a gap",
+                        next - 1
+                    )));
                 }
-                Ok(()) => Ok(()),
             }
-        })
-        .await
+        }
+        if write.is_empty() {
+            // Nothing to log; a synced empty write still makes earlier
+            // unsynced ones durable.
+            if write.sync {
+                writer.sync().map_err(|error| self.fail(error))?;
+            }
+            return Ok(());
+        }
+        let seq = writer.append(&self.wal_files, &write).map_err(|error| self.fail(error))?;
+        let mut pending = lock(&self.pending)?;
+        pending.active.apply(seq, write.install_snapshot, write.entries, write.hard_state);
+        pending.active_since.get_or_insert_with(Instant::now);
+        if pending.active.bytes >= self.options.checkpoint_bytes {
+            self.changed.notify_all();
+        }
+        Ok(())
     }
 
-    async fn entries(&self, from: LogIndex, to: LogIndex) -> Result<Vec<Entry>, StorageError> {
-        let shared = Arc::clone(&self.shared);
-        run_blocking("reading entries", move || {
-            shared.with_database("reading entries", |database| log_tables::entries(database, from, to))
-        })
-        .await
+    /// Waits while the writes not yet checkpointed are at the memory bound.
+    fn wait_for_room(&self) -> Result<(), StorageError> {
+        let mut pending = lock(&self.pending)?;
+        while pending.active.bytes >= self.options.max_pending_bytes {
+            self.check_running("writing to the log")?;
+            self.changed.notify_all();
+            pending = self
+                .changed
+                .wait_timeout(pending, Duration::from_millis(100))
+                .map_err(|_| StorageError::Backend("a log store lock is poisoned".into()))?
+                .0;
+        }
+        Ok(())
     }
-}
 
-impl Shared {
+    /// The layer to checkpoint next: the one already frozen (a checkpoint
+    /// of it failed or is being retried), else the active one, frozen now.
+    /// The caller holds `checkpointing`.
+    fn freeze(&self) -> Result<Option<Arc<Layer>>, StorageError> {
+        let mut pending = lock(&self.pending)?;
+        if let Some(frozen) = &pending.frozen {
+            return Ok(Some(Arc::clone(frozen)));
+        }
+        if pending.active.is_empty() {
+            return Ok(None);
+        }
+        let layer = Arc::new(std::mem::take(&mut pending.active));
+        pending.active_since = None;
+        pending.frozen = Some(Arc::clone(&layer));
+        Ok(Some(layer))
+    }
+
+    /// Moves a frozen layer into redb (its WAL records are already durable)
+    /// and deletes the segments the checkpoint covers. The caller holds
+    /// `checkpointing`.
+    fn commit_frozen(&self, layer: Arc<Layer>) -> Result<(), StorageError> {
+        let base = lock(&self.pending)?.base;
+        let base = self.with_database("checkpointing", |database| {
+            apply_checkpoint(database, &layer, base, self.options.two_phase_commit)
+        })?;
+        {
+            let mut pending = lock(&self.pending)?;
+            pending.base = base;
+            pending.frozen = None;
+        }
+        self.changed.notify_all();
+        self.wal_files.delete_covered(layer.last_seq)?;
+        Ok(())
+    }
+
+    /// Checkpoints every logged write; the caller holds `checkpointing` and
+    /// the writer (so no write comes in between).
+    fn checkpoint_all_locked(&self, writer: &mut WalWriter) -> Result<(), StorageError> {
+        while let Some(layer) = self.freeze()? {
+            writer.sync().map_err(|error| self.fail(error))?;
+            self.commit_frozen(layer).map_err(|error| self.fail(error))?;
+        }
+        Ok(())
+    }
+
+    fn checkpoint_all(&self) -> Result<(), StorageError> {
+        self.check_running("checkpointing")?;
+        let _checkpointing = lock(&self.checkpointing)?;
+        let mut writer = lock(&self.writer)?;
+        self.checkpoint_all_locked(&mut writer)
+    }
+
+    /// The background thread: keeps a spare WAL segment ready and
+    /// checkpoints when the pending writes are large or old enough.
+    fn run_background(&self) {
+        let poll = self.options.checkpoint_interval.min(Duration::from_millis(100));
+        while !self.stop.load(Ordering::SeqCst) && !self.failed.load(Ordering::SeqCst) {
+            if let Err(error) = self.wal_files.ensure_spare() {
+                tracing::error!(%error, "creating a write-ahead log segment failed; the store stops");
+                self.fail(error);
+                return;
+            }
+            let due = match lock(&self.pending) {
+                Ok(pending) => {
+                    let due = pending.frozen.is_some()
+                        || pending.active.bytes >= self.options.checkpoint_bytes
+                        || pending
+                            .active_since
+                            .is_some_and(|since| since.elapsed() >= self.options.checkpoint_interval);
+                    if !due {
+                        let _ = self.changed.wait_timeout(pending, poll);
+                    }
+                    due
+                }
+                Err(_) => return,
+            };
+            if due && !self.stop.load(Ordering::SeqCst) {
+                if let Err(error) = self.background_checkpoint() {
+                    tracing::error!(%error, "a checkpoint failed; the store stops (the WAL keeps the writes)");
+                    self.fail(error);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn background_checkpoint(&self) -> Result<(), StorageError> {
+        let _checkpointing = lock(&self.checkpointing)?;
+        if let Some(layer) = self.freeze()? {
+            // The checkpoint must never get ahead of the durable WAL: a
+            // record written without `sync` is flushed before redb says it
+            // is checkpointed.
+            lock(&self.writer)?.sync()?;
+            self.commit_frozen(layer)?;
+        }
+        Ok(())
+    }
+
+    fn read_state(&self) -> Result<RestoredState, StorageError> {
+        self.check_running("reading the log")?;
+        // The layers are read before redb: a checkpoint that lands in
+        // between only rewrites redb at and after the layers' limit, which
+        // this read does not use.
+        let (limit, install, hard_state, layer_entries) = {
+            let pending = lock(&self.pending)?;
+            let layers = pending.layers();
+            (
+                layers.redb_limit(),
+                layers.install().cloned(),
+                layers.hard_state(),
+                layers.visible_entries(0, u64::MAX).1,
+            )
+        };
+        let stored =
+            self.with_database("reading the log", |database| log_tables::read_state(database, limit))?;
+        let snapshot = install.or(stored.snapshot);
+        let after = snapshot.as_ref().map_or(0, |meta| meta.last_index.get());
+        let mut entries = stored.entries;
+        entries.retain(|entry| entry.index.get() > after);
+        entries.extend(layer_entries.into_iter().filter(|entry| entry.index.get() > after));
+        check_joined(&entries, after.saturating_add(1))?;
+        Ok(RestoredState { hard_state: hard_state.unwrap_or(stored.hard_state), snapshot, entries })
+    }
+
+    fn entries(&self, from: LogIndex, to: LogIndex) -> Result<Vec<Entry>, StorageError> {
+        self.check_running("reading entries")?;
+        let (limit, install, (layer_first, layer_entries)) = {
+            let pending = lock(&self.pending)?;
+            let layers = pending.layers();
+            (layers.redb_limit(), layers.install().cloned(), layers.visible_entries(from.get(), to.get()))
+        };
+        let stored = self.with_database("reading entries", |database| {
+            log_tables::entries(database, from.get(), to.get(), limit)
+        })?;
+        let first = stored.first.or(layer_first);
+        match first {
+            Some(first) if from.get() > 0 && from.get() < first => {
+                return Err(StorageError::Compacted { from, start: LogIndex(first - 1) });
+            }
+            Some(_) => {}
+            None => {
+                // Everything was compacted: what the snapshot covers is gone.
+                let covered = install.or(stored.snapshot).map_or(LogIndex(0), |meta| meta.last_index);
+                if from > LogIndex(0) && from <= covered {
+                    return Err(StorageError::Compacted { from, start: covered });
+                }
+                return Ok(Vec::new());
+            }
+        }
+        let mut entries = stored.entries;
+        entries.extend(layer_entries);
+        if let Some(first) = entries.first().map(|entry| entry.index.get()) {
+            check_joined(&entries, first)?;
+        }
+        Ok(entries)
+    }
+
+    fn set_snapshot(&self, meta: SnapshotMeta) -> Result<(), StorageError> {
+        self.check_running("recording a snapshot")?;
+        let _checkpointing = lock(&self.checkpointing)?;
+        let mut writer = lock(&self.writer)?;
+        // Recorded in redb, after every logged write: the snapshot must be
+        // compared with (and may be compacted against) the whole log.
+        self.checkpoint_all_locked(&mut writer)?;
+        self.with_database("recording a snapshot", |database| log_tables::set_snapshot(database, &meta))?;
+        let mut pending = lock(&self.pending)?;
+        pending.base.snapshot_index = pending.base.snapshot_index.max(meta.last_index.get());
+        Ok(())
+    }
+
+    fn compact(&self, up_to: LogIndex) -> Result<(), StorageError> {
+        self.check_running("compacting the log")?;
+        {
+            let _checkpointing = lock(&self.checkpointing)?;
+            let mut writer = lock(&self.writer)?;
+            self.checkpoint_all_locked(&mut writer)?;
+            self.with_database("compacting the log", |database| log_tables::compact(database, up_to))?;
+            let (base, _) = self.with_database("compacting the log", log_tables::base)?;
+            lock(&self.pending)?.base = base;
+        }
+        // Giving file space back is an optimization: redb's compaction
+        // is transactional, so a failure leaves the database as it was
+        // and the log compaction above stands. Only a panic, which
+        // leaves redb's state suspect, stops the store.
+        match self.compact_file_if_worth_it() {
+            Err(error) if self.failed.load(Ordering::SeqCst) => Err(error),
+            Err(error) => {
+                tracing::warn!(%error, "compacting the database file failed; the log compaction stands");
+                Ok(())
+            }
+            Ok(()) => Ok(()),
+        }
+    }
+
     /// Compacts the file when the free fraction passes the configured bar.
     fn compact_file_if_worth_it(&self) -> Result<(), StorageError> {
         let Some(free_fraction) = self.options.file_compaction_free_fraction else {
@@ -491,7 +879,7 @@ impl Shared {
         let allocated_bytes = self.with_database("measuring the file", log_tables::allocated_bytes)?;
         let free = 1.0 - allocated_bytes as f64 / file_bytes as f64;
         if free >= free_fraction {
-            let started = std::time::Instant::now();
+            let started = Instant::now();
             self.compact_file()?;
             let after = fs::metadata(&self.path)?.len();
             tracing::info!(
@@ -502,5 +890,59 @@ impl Shared {
             );
         }
         Ok(())
+    }
+}
+
+/// Checkpoints `layer` into redb and returns what redb then holds.
+fn apply_checkpoint(
+    database: &Database,
+    layer: &Layer,
+    base: Base,
+    two_phase: bool,
+) -> Result<Base, StorageError> {
+    let last = log_tables::checkpoint(database, layer, two_phase)?;
+    let snapshot_index = layer.install.as_ref().map_or(base.snapshot_index, |meta| meta.last_index.get());
+    Ok(Base { last, snapshot_index })
+}
+
+/// Checks that `entries` run consecutively from `first`: redb's part and
+/// the WAL's part must join without a gap.
+fn check_joined(entries: &[Entry], first: u64) -> Result<(), StorageError> {
+    for (expected, entry) in (first..).zip(entries) {
+        if entry.index.get() != expected {
+            return Err(StorageError::Corrupt(format!(
+                "the log has a gap: entry {expected} is missing (entry {} follows)",
+                entry.index
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl LogStore for RedbLogStore {
+    async fn read_state(&self) -> Result<RestoredState, StorageError> {
+        let shared = Arc::clone(&self.handle.shared);
+        run_blocking("reading the log", move || shared.read_state()).await
+    }
+
+    async fn write(&self, write: LogWrite) -> Result<(), StorageError> {
+        let shared = Arc::clone(&self.handle.shared);
+        run_blocking("writing to the log", move || shared.write(write)).await
+    }
+
+    async fn set_snapshot(&self, meta: SnapshotMeta) -> Result<(), StorageError> {
+        let shared = Arc::clone(&self.handle.shared);
+        run_blocking("recording a snapshot", move || shared.set_snapshot(meta)).await
+    }
+
+    async fn compact(&self, up_to: LogIndex) -> Result<(), StorageError> {
+        let shared = Arc::clone(&self.handle.shared);
+        run_blocking("compacting the log", move || shared.compact(up_to)).await
+    }
+
+    async fn entries(&self, from: LogIndex, to: LogIndex) -> Result<Vec<Entry>, StorageError> {
+        let shared = Arc::clone(&self.handle.shared);
+        run_blocking("reading entries", move || shared.entries(from, to)).await
     }
 }

@@ -3,18 +3,19 @@
 //! executor and guards them against panics.
 
 use redb::{
-    Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, Table, TableDefinition,
-    TableError, WriteTransaction,
+    Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, TableError,
+    WriteTransaction,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use raft_core::protocol::RestoredState;
-use raft_core::storage::{LogWrite, StorageError};
+use raft_core::storage::StorageError;
 use raft_core::types::{Entry, HardState, LogIndex, SnapshotMeta};
 
 use crate::blocking::redb_error;
 use crate::codec::{self, RecordKind};
+use crate::pending::{Base, Layer};
 
 /// Log entries: index → envelope of the postcard-encoded [`Entry`].
 pub(crate) const LOG_ENTRIES: TableDefinition<u64, &[u8]> = TableDefinition::new("log_entries");
@@ -25,6 +26,9 @@ pub(crate) const HARD_STATE: TableDefinition<&str, &[u8]> = TableDefinition::new
 pub(crate) const SNAPSHOT_META: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot_meta");
 /// The format-version record under [`FORMAT_VERSION_KEY`].
 pub(crate) const FORMAT: TableDefinition<&str, &[u8]> = TableDefinition::new("format");
+/// The sequence number of the last WAL record applied to the tables: one
+/// row under [`SINGLETON_KEY`], written in the checkpoint's transaction.
+pub(crate) const WAL_CHECKPOINT: TableDefinition<&str, &[u8]> = TableDefinition::new("wal_checkpoint");
 /// The key of the one row of the singleton tables.
 pub(crate) const SINGLETON_KEY: &str = "current";
 /// The key of the format-version record.
@@ -39,7 +43,8 @@ pub(crate) fn create_all(transaction: &WriteTransaction) -> Result<(), StorageEr
     transaction.open_table(HARD_STATE).map_err(create)?;
     transaction.open_table(SNAPSHOT_META).map_err(create)?;
     transaction.open_table(FORMAT).map_err(create)?;
-    Ok(())
+    transaction.open_table(WAL_CHECKPOINT).map_err(create)?;
+    write_singleton(transaction, WAL_CHECKPOINT, RecordKind::WalCheckpoint, &0u64)
 }
 
 fn begin_read(database: &Database) -> Result<ReadTransaction, StorageError> {
@@ -130,46 +135,56 @@ fn collect_entries(
     Ok(entries)
 }
 
-/// The hard state, the current snapshot and the entries after it.
-pub(crate) fn read_state(database: &Database) -> Result<RestoredState, StorageError> {
+/// redb's hard state, snapshot and the entries after the snapshot that are
+/// below `limit` (entries at or after it are replaced by the WAL).
+pub(crate) fn read_state(database: &Database, limit: u64) -> Result<RestoredState, StorageError> {
     let transaction = begin_read(database)?;
     let hard_state: HardState =
         read_singleton(&transaction, HARD_STATE, RecordKind::HardState)?.unwrap_or_default();
     let snapshot: Option<SnapshotMeta> =
         read_singleton(&transaction, SNAPSHOT_META, RecordKind::SnapshotMeta)?;
     let after = snapshot.as_ref().map_or(0, |meta| meta.last_index.get());
-    let table = open_read_table(&transaction, LOG_ENTRIES)?;
-    let entries = collect_entries(&table, after.saturating_add(1), u64::MAX)?;
+    let entries = if limit > after.saturating_add(1) {
+        let table = open_read_table(&transaction, LOG_ENTRIES)?;
+        collect_entries(&table, after.saturating_add(1), limit - 1)?
+    } else {
+        Vec::new()
+    };
     Ok(RestoredState { hard_state, snapshot, entries })
 }
 
-/// The entries in `from ..= to`, or [`StorageError::Compacted`] when `from`
-/// is before the first stored entry.
-pub(crate) fn entries(database: &Database, from: LogIndex, to: LogIndex) -> Result<Vec<Entry>, StorageError> {
+/// What redb holds of `from ..= to` below `limit`.
+pub(crate) struct StoredRange {
+    /// redb's first entry, if it is below `limit`.
+    pub(crate) first: Option<u64>,
+    /// redb's snapshot metadata.
+    pub(crate) snapshot: Option<SnapshotMeta>,
+    /// The entries of the range that are below `limit`, consecutive.
+    pub(crate) entries: Vec<Entry>,
+}
+
+/// The entries of `from ..= to` that redb holds below `limit`, with what
+/// the caller needs to tell a compacted range.
+pub(crate) fn entries(
+    database: &Database,
+    from: u64,
+    to: u64,
+    limit: u64,
+) -> Result<StoredRange, StorageError> {
     let transaction = begin_read(database)?;
     let table = open_read_table(&transaction, LOG_ENTRIES)?;
-    let first_stored =
+    let snapshot: Option<SnapshotMeta> =
+        read_singleton(&transaction, SNAPSHOT_META, RecordKind::SnapshotMeta)?;
+    let first =
         table.first().map_err(|error| redb_error("reading entries", error))?.map(|(key, _)| key.value());
-    let start = match first_stored {
-        Some(first) if from.get() > 0 && from.get() < first => {
-            return Err(StorageError::Compacted { from, start: LogIndex(first - 1) })
+    let first = first.filter(|first| *first < limit);
+    let entries = match first {
+        Some(first) if from.max(first) <= to.min(limit - 1) => {
+            collect_entries(&table, from.max(first), to.min(limit - 1))?
         }
-        Some(first) => from.get().max(first),
-        None => {
-            // Everything was compacted: what the snapshot covers is gone.
-            let snapshot: Option<SnapshotMeta> =
-                read_singleton(&transaction, SNAPSHOT_META, RecordKind::SnapshotMeta)?;
-            let covered = snapshot.map_or(LogIndex(0), |meta| meta.last_index);
-            if from > LogIndex(0) && from <= covered {
-                return Err(StorageError::Compacted { from, start: covered });
-            }
-            return Ok(Vec::new());
-        }
+        _ => Vec::new(),
     };
-    if start > to.get() {
-        return Ok(Vec::new());
-    }
-    collect_entries(&table, start, to.get())
+    Ok(StoredRange { first, snapshot, entries })
 }
 
 fn begin_write(
@@ -188,73 +203,82 @@ fn commit(transaction: WriteTransaction) -> Result<(), StorageError> {
     transaction.commit().map_err(|error| redb_error("committing", error))
 }
 
-/// One [`LogWrite`] as one transaction: install a snapshot (replacing the
-/// log), truncate the suffix the new entries replace, insert them, record
-/// the hard state; durable on return when `write.sync`.
-pub(crate) fn write(database: &Database, write: &LogWrite, two_phase: bool) -> Result<(), StorageError> {
-    check_consecutive(&write.entries)?;
-    let transaction = begin_write(database, write.sync, two_phase)?;
-    if let Some(meta) = &write.install_snapshot {
+/// Applies a layer of logged writes to redb in one durable transaction and
+/// records `layer.last_seq` as the WAL checkpoint in the same transaction:
+/// install its snapshot (replacing the log), discard the entries it
+/// replaces, insert its entries, record its hard state. Returns redb's last
+/// entry afterwards.
+pub(crate) fn checkpoint(
+    database: &Database,
+    layer: &Layer,
+    two_phase: bool,
+) -> Result<Option<u64>, StorageError> {
+    let transaction = begin_write(database, true, two_phase)?;
+    if let Some(meta) = &layer.install {
         // Dropping the table frees its pages in one sweep, cheaper than
         // deleting a long log row by row.
         transaction.delete_table(LOG_ENTRIES).map_err(|error| redb_error("clearing the log", error))?;
         write_singleton(&transaction, SNAPSHOT_META, RecordKind::SnapshotMeta, meta)?;
     }
-    if let Some(first) = write.entries.first() {
-        let snapshot_index = snapshot_in_write(&transaction)?.map_or(0, |meta| meta.last_index.get());
+    let last = {
         let mut table =
             transaction.open_table(LOG_ENTRIES).map_err(|error| redb_error("opening the log", error))?;
-        truncate_from(&mut table, first.index.get(), snapshot_index)?;
+        if layer.install.is_none() && layer.base_limit != u64::MAX {
+            let last = last_key(&table)?;
+            if last.is_some_and(|last| last >= layer.base_limit) {
+                table
+                    .retain_in(layer.base_limit.., |_, _| false)
+                    .map_err(|error| redb_error("truncating the log", error))?;
+            }
+        }
         let mut buffer = Vec::with_capacity(512);
-        for entry in &write.entries {
+        for entry in &layer.tail {
             codec::encode_into(RecordKind::Entry, entry.index.get(), entry, &mut buffer)?;
             table
                 .insert(entry.index.get(), buffer.as_slice())
                 .map_err(|error| redb_error("appending entries", error))?;
         }
-    }
-    if let Some(hard_state) = &write.hard_state {
+        last_key(&table)?
+    };
+    if let Some(hard_state) = &layer.hard_state {
         write_singleton(&transaction, HARD_STATE, RecordKind::HardState, hard_state)?;
     }
+    write_singleton(&transaction, WAL_CHECKPOINT, RecordKind::WalCheckpoint, &layer.last_seq)?;
+    commit(transaction)?;
+    Ok(last)
+}
+
+fn last_key(table: &impl ReadableTable<u64, &'static [u8]>) -> Result<Option<u64>, StorageError> {
+    Ok(table.last().map_err(|error| redb_error("reading the log", error))?.map(|(key, _)| key.value()))
+}
+
+/// What the store keeps in memory about redb, and the WAL checkpoint.
+pub(crate) fn base(database: &Database) -> Result<(Base, u64), StorageError> {
+    let transaction = begin_read(database)?;
+    let snapshot: Option<SnapshotMeta> =
+        read_singleton(&transaction, SNAPSHOT_META, RecordKind::SnapshotMeta)?;
+    let checkpoint: u64 = read_singleton(&transaction, WAL_CHECKPOINT, RecordKind::WalCheckpoint)?
+        .ok_or_else(|| {
+            StorageError::Corrupt("the WAL checkpoint record is missing from the database".into())
+        })?;
+    let table = open_read_table(&transaction, LOG_ENTRIES)?;
+    let base =
+        Base { last: last_key(&table)?, snapshot_index: snapshot.map_or(0, |meta| meta.last_index.get()) };
+    Ok((base, checkpoint))
+}
+
+/// Moves a format-1 database (no WAL) to format 2: the checkpoint record
+/// (0: nothing logged yet) and the new format record, in one transaction.
+pub(crate) fn migrate_from_v1(database: &Database, new_version: u32) -> Result<(), StorageError> {
+    let transaction = begin_write(database, true, false)?;
+    write_singleton(&transaction, WAL_CHECKPOINT, RecordKind::WalCheckpoint, &0u64)?;
+    {
+        let mut format = transaction.open_table(FORMAT).map_err(|error| redb_error("migrating", error))?;
+        format
+            .insert(FORMAT_VERSION_KEY, codec::encode_format_version(new_version).as_slice())
+            .map_err(|error| redb_error("writing the format version", error))?;
+    }
     commit(transaction)
-}
-
-/// Refuses a batch whose entries do not follow each other: storing it would
-/// leave a log that `read_state` must report as damaged.
-fn check_consecutive(entries: &[Entry]) -> Result<(), StorageError> {
-    for pair in entries.windows(2) {
-        if pair[1].index != pair[0].index.next() {
-            return Err(StorageError::InvalidWrite(format!(
-                "refusing a write whose entries are not consecutive ({} follows {})",
-                pair[1].index, pair[0].index
-            )));
-        }
-    }
-    Ok(())
-}
-
-/// Removes the stored entries at and after `first_new` (the suffix the new
-/// entries replace), after checking the new entries leave no gap.
-fn truncate_from(
-    table: &mut Table<u64, &[u8]>,
-    first_new: u64,
-    snapshot_index: u64,
-) -> Result<(), StorageError> {
-    let last_stored =
-        table.last().map_err(|error| redb_error("reading the log", error))?.map(|(key, _)| key.value());
-    let next_expected = last_stored.unwrap_or(snapshot_index).max(snapshot_index).saturating_add(1);
-    if first_new > next_expected {
-        return Err(StorageError::InvalidWrite(format!(
-            "refusing to append entry {first_new}: the log ends at {}, so it would leave a gap",
-            next_expected - 1
-        )));
-    }
-    if last_stored.is_some_and(|last| last >= first_new) {
-        table
-            .retain_in(first_new.., |_, _| false)
-            .map_err(|error| redb_error("truncating the log", error))?;
-    }
-    Ok(())
 }
 
 /// Records a locally created snapshot if it is newer than the current one.

@@ -108,6 +108,23 @@ fn is_clear(error: &StorageError) -> bool {
     matches!(error, StorageError::Corrupt(message) if !message.is_empty())
 }
 
+/// The WAL directory that belongs with the database at `path`.
+fn wal_of(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap().to_os_string();
+    name.push(".wal");
+    path.with_file_name(name)
+}
+
+/// Copies the WAL of the database `from` next to the database `to`.
+fn copy_wal(from: &Path, to: &Path) {
+    let target = wal_of(to);
+    fs::create_dir_all(&target).unwrap();
+    for item in fs::read_dir(wal_of(from)).unwrap() {
+        let item = item.unwrap();
+        fs::copy(item.path(), target.join(item.file_name())).unwrap();
+    }
+}
+
 struct Damage {
     original: PathBuf,
     expected: (RestoredState, Vec<Entry>),
@@ -128,6 +145,7 @@ impl Damage {
         damage(&mut bytes);
         let path = self.original.with_file_name(name);
         fs::write(&path, bytes).unwrap();
+        copy_wal(&self.original, &path);
         path
     }
 }
@@ -250,7 +268,7 @@ fn a_newer_format_version_is_refused() {
         {
             let definition: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("format");
             let mut table = transaction.open_table(definition).unwrap();
-            let version = 2u32.to_le_bytes();
+            let version = 3u32.to_le_bytes();
             let mut record = version.to_vec();
             record.extend_from_slice(&crc32c::crc32c(&version).to_le_bytes());
             table.insert("version", record.as_slice()).unwrap();
@@ -258,7 +276,7 @@ fn a_newer_format_version_is_refused() {
         transaction.commit().unwrap();
     }
     match RedbLogStore::open(&path) {
-        Err(StorageError::UnsupportedVersion { found: 2, supported: 1 }) => {}
+        Err(StorageError::UnsupportedVersion { found: 3, supported: 2 }) => {}
         other => panic!("a newer format must be refused, got {other:?}"),
     }
 }

@@ -7,3 +7,4 @@ mod crash;
 mod runtime;
 mod snapshots;
 mod support;
+mod wal;
