@@ -9,7 +9,8 @@
 //! Each cycle appends `--entries` entries of `--entry-bytes` bytes in
 //! durable writes of `--batch` entries, records a snapshot at the last
 //! index and compacts everything, then prints the file size. It ends with
-//! the ratio of the last cycle's size to the first's (the target is ≤ 2).
+//! the ratio of the last cycle's size to the first's (the target is ≤ 2);
+//! sizes count the database and the write-ahead log's segment files.
 //! Before the last cycle's compaction it reopens the store with the full
 //! log in it and prints how long opening (with and without verifying every
 //! page) and `read_state` take: the restart time with a long log.
@@ -81,7 +82,9 @@ async fn run(settings: Settings) -> Result<(), Box<dyn std::error::Error>> {
     let data = Bytes::from(vec![0x5a; settings.entry_bytes]);
     let mut next = 1u64;
     let mut first_size = None;
-    println!("cycle  peak_file_bytes  peak_allocated_bytes  file_bytes/entry  after_compact_bytes  append_s  entries/s  compact_s");
+    let mut first_peak = None;
+    let mut last_peak = 0;
+    println!("cycle  peak_file_bytes  peak_allocated_bytes  peak_wal_bytes  file_bytes/entry  after_compact_bytes  after_compact_wal_bytes  append_s  entries/s  compact_s");
     for cycle in 1..=settings.cycles {
         let started = Instant::now();
         let end = next + settings.entries;
@@ -99,6 +102,9 @@ async fn run(settings: Settings) -> Result<(), Box<dyn std::error::Error>> {
         }
         let append_seconds = started.elapsed().as_secs_f64();
         let peak = store.space_usage().await?;
+        let peak_wal = wal_bytes(&store);
+        first_peak.get_or_insert(peak.file_bytes + peak_wal);
+        last_peak = peak.file_bytes + peak_wal;
         if cycle == settings.cycles {
             store = measure_restart(store, &path, &options).await?;
         }
@@ -109,20 +115,37 @@ async fn run(settings: Settings) -> Result<(), Box<dyn std::error::Error>> {
         store.compact(last).await?;
         let compact_seconds = compacting.elapsed().as_secs_f64();
         let size = store.file_size_bytes()?;
-        first_size.get_or_insert(size);
+        let wal = wal_bytes(&store);
+        first_size.get_or_insert(size + wal);
         println!(
-            "{cycle:>5}  {:>15}  {:>20}  {:>16.1}  {size:>19}  {append_seconds:>8.2}  {:>9.0}  {compact_seconds:>9.2}",
+            "{cycle:>5}  {:>15}  {:>20}  {peak_wal:>14}  {:>16.1}  {size:>19}  {wal:>23}  {append_seconds:>8.2}  {:>9.0}  {compact_seconds:>9.2}",
             peak.file_bytes,
             peak.allocated_bytes,
-            peak.file_bytes as f64 / settings.entries as f64,
+            (peak.file_bytes + peak_wal) as f64 / settings.entries as f64,
             settings.entries as f64 / append_seconds,
         );
     }
-    let last_size = store.file_size_bytes()?;
+    let last_size = store.file_size_bytes()? + wal_bytes(&store);
     if let Some(first) = first_size {
-        println!("size after the last cycle / after the first: {:.2}", last_size as f64 / first as f64);
+        println!(
+            "database + WAL after the last cycle / after the first: {:.2}",
+            last_size as f64 / first as f64
+        );
+    }
+    if let Some(first) = first_peak {
+        println!(
+            "database + WAL at the last cycle's peak / the first's: {:.2}",
+            last_peak as f64 / first as f64
+        );
     }
     Ok(())
+}
+
+/// Bytes of the store's WAL segment files.
+fn wal_bytes(store: &RedbLogStore) -> u64 {
+    std::fs::read_dir(store.wal_directory())
+        .map(|items| items.filter_map(|item| item.ok()?.metadata().ok()).map(|meta| meta.len()).sum())
+        .unwrap_or(0)
 }
 
 /// Closes the store and times reopening it, with and without verifying
