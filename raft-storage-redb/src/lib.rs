@@ -1,7 +1,8 @@
 //! Durable storage for `raft-core` on [redb](https://docs.rs/redb): a
 //! [`RedbLogStore`] (log entries, hard state and the current snapshot's
-//! metadata in one redb database) and a [`RedbSnapshotStore`] (snapshot data
-//! as checksummed files in a directory next to it).
+//! metadata: an append-only write-ahead log, checkpointed in the background
+//! into one redb database) and a [`RedbSnapshotStore`] (snapshot data as
+//! checksummed files in a directory next to it).
 //!
 //! Both implement the traits of `raft_core::storage` and pass its
 //! conformance suite. The on-disk layout, the commit protocol, the format
@@ -48,8 +49,8 @@ pub const LOG_FILE_NAME: &str = "log.redb";
 pub const SNAPSHOT_DIRECTORY_NAME: &str = "snapshots";
 
 /// Opens (creating if needed) both stores of one node in `data_directory`:
-/// the log in `log.redb` and the snapshots in `snapshots/`, with the default
-/// options.
+/// the log in `log.redb` (with its write-ahead log in `log.redb.wal/`) and
+/// the snapshots in `snapshots/`, with the default options.
 pub async fn open_stores(
     data_directory: impl AsRef<Path>,
 ) -> Result<(RedbLogStore, RedbSnapshotStore), StorageError> {

@@ -738,7 +738,8 @@ impl Shared {
             let due = match lock(&self.pending) {
                 Ok(pending) => {
                     let due = pending.frozen.is_some()
-                        || pending.active.bytes >= self.options.checkpoint_bytes
+                        || pending.active.bytes
+                            >= self.options.checkpoint_bytes.min(self.options.max_pending_bytes)
                         || pending
                             .active_since
                             .is_some_and(|since| since.elapsed() >= self.options.checkpoint_interval);
