@@ -6,12 +6,6 @@ use clap::Parser;
 use raft_node::cli::{self, Cli, CliError, Command};
 use raft_node::config::{NodeConfig, RunArgs};
 
-/// mimalloc instead of the system allocator: under load the node allocates
-/// and frees per request on two threads, and glibc's malloc took about 15%
-/// of the leader's CPU in profiles of the cluster benchmark.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     // clap prints usage errors itself and exits with code 2.
     let command = Cli::parse().command_or_run();
