@@ -41,12 +41,30 @@ pub enum Consistency {
 }
 
 impl Consistency {
+    /// Every consistency, strongest first.
+    pub const ALL: [Consistency; 3] = [Consistency::Linearizable, Consistency::Lease, Consistency::Stale];
+
+    /// The consistency a `consistency` query value names, if any.
+    pub fn from_name(name: &str) -> Option<Consistency> {
+        Consistency::ALL.into_iter().find(|consistency| consistency.as_str() == name)
+    }
+
     /// The value of the `consistency` query parameter.
     pub fn as_str(self) -> &'static str {
         match self {
             Consistency::Linearizable => "linearizable",
             Consistency::Lease => "lease",
             Consistency::Stale => "stale",
+        }
+    }
+}
+
+impl From<Consistency> for raft_core::runtime::ReadConsistency {
+    fn from(consistency: Consistency) -> Self {
+        match consistency {
+            Consistency::Linearizable => raft_core::runtime::ReadConsistency::Linearizable,
+            Consistency::Lease => raft_core::runtime::ReadConsistency::Lease,
+            Consistency::Stale => raft_core::runtime::ReadConsistency::Stale,
         }
     }
 }

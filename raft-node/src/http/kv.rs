@@ -17,11 +17,9 @@ use raft_core::types::{ClientRequestId, NodeId};
 
 use super::error::ApiError;
 use super::{forward, AppState};
-use crate::api::{KeyList, KeyVersion, LeaderHint, WriteResult, IDEMPOTENCY_KEY_HEADER};
-use crate::kv::{KvAnswer, KvCommand, KvOutcome, KvQuery, KvResponse, Precondition};
+use crate::api::{Consistency, KeyList, KeyVersion, LeaderHint, WriteResult, IDEMPOTENCY_KEY_HEADER};
+use crate::kv::{KvAnswer, KvCommand, KvOutcome, KvQuery, KvResponse, Precondition, MAX_LIST_LIMIT};
 
-/// The most keys one listing returns.
-pub const MAX_LIST_LIMIT: usize = 10_000;
 /// Keys listed when the request names no limit.
 pub const DEFAULT_LIST_LIMIT: usize = 1_000;
 /// The longest client name of an `Idempotency-Key`.
@@ -235,16 +233,13 @@ pub(super) fn consistency(
     query: &BTreeMap<String, String>,
     default: ReadConsistency,
 ) -> Result<ReadConsistency, ApiError> {
-    match query.get("consistency").map(String::as_str) {
-        None => Ok(default),
-        Some("linearizable") => Ok(ReadConsistency::Linearizable),
-        Some("lease") => Ok(ReadConsistency::Lease),
-        Some("stale") => Ok(ReadConsistency::Stale),
-        Some(other) => Err(ApiError::bad_request(
+    let Some(name) = query.get("consistency") else { return Ok(default) };
+    Consistency::from_name(name).map(ReadConsistency::from).ok_or_else(|| {
+        ApiError::bad_request(
             "bad_consistency",
-            format!("consistency must be linearizable, lease or stale; got {other:?}"),
-        )),
-    }
+            format!("consistency must be linearizable, lease or stale; got {name:?}"),
+        )
+    })
 }
 
 pub(super) fn query_map(
