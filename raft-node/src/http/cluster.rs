@@ -150,7 +150,12 @@ async fn wait_status(state: &AppState, limit: Duration, done: impl Fn(&NodeStatu
     reached
 }
 
-fn membership_result(committed: &raft_core::runtime::Committed, state: &AppState) -> MembershipResult {
+/// The configuration entry's position and the configuration in force once
+/// it is committed. The status is published on a tick, so it may trail the
+/// commit the caller just saw: wait (briefly) until it shows that index.
+async fn membership_result(committed: &raft_core::runtime::Committed, state: &AppState) -> MembershipResult {
+    let index = committed.index;
+    wait_status(state, state.config.request_timeout, |s| s.commit_index >= index).await;
     MembershipResult {
         index: committed.index.get(),
         term: committed.term.get(),
@@ -204,7 +209,7 @@ pub async fn add_member(
             }
         };
     if !request.voter {
-        return Ok(Json(membership_result(&committed, &state)).into_response());
+        return Ok(Json(membership_result(&committed, &state).await).into_response());
     }
     promote(&state, id).await.map(|result| Json(result).into_response())
 }
@@ -215,7 +220,7 @@ async fn promote(state: &AppState, id: NodeId) -> Result<MembershipResult, ApiEr
     let deadline = Instant::now() + state.config.request_timeout;
     loop {
         match state.raft.change_membership(MembershipChange::PromoteLearner(id)).await {
-            Ok(committed) => return Ok(membership_result(&committed, state)),
+            Ok(committed) => return Ok(membership_result(&committed, state).await),
             Err(raft_core::runtime::ClientError::Membership(
                 raft_core::protocol::MembershipError::NotCaughtUp { .. },
             )) if Instant::now() < deadline => {
@@ -240,7 +245,7 @@ pub async fn promote_member(
         return match on_leader(&state, || state.raft.change_membership(MembershipChange::PromoteLearner(id)))
             .await?
         {
-            Routed::Here(committed) => Ok(Json(membership_result(&committed, &state)).into_response()),
+            Routed::Here(committed) => Ok(Json(membership_result(&committed, &state).await).into_response()),
             Routed::Leader(leader, error) => original.send_to(&state, leader, error).await,
         };
     }
@@ -261,7 +266,7 @@ pub async fn remove_member(
             Routed::Here(committed) => committed,
             Routed::Leader(leader, error) => return original.send_to(&state, leader, error).await,
         };
-    let result = membership_result(&committed, &state);
+    let result = membership_result(&committed, &state).await;
     // A leader that removed itself hands over; the directory entry is then
     // dropped by the next leader's directory upkeep.
     let forget = KvCommand::RemoveNode { id }.encode();
