@@ -175,6 +175,7 @@ pub async fn start(
         .map_err(|e| setup(format!("cluster id {:?}: {e}", config.cluster_id)))?;
     let id = NodeId(config.id);
     let forwarder = http_client(&config, &identity)?;
+    let server_tls = if config.client_tls { Some(Arc::new(https_config(&config, &identity)?)) } else { None };
 
     let log_path = config.data_dir.join(raft_storage_redb::LOG_FILE_NAME);
     let has_log = log_path.exists();
@@ -291,10 +292,9 @@ pub async fn start(
         directory,
         metrics,
         prometheus,
-        forwarder,
+        forwarder: forwarder.clone(),
         limiter: Arc::new(Semaphore::new(config.max_concurrent_requests)),
     });
-    let server_tls = if config.client_tls { Some(Arc::new(https_config(&config, &tls)?)) } else { None };
     tasks.push(tokio::spawn(listener.serve(http::router(state), server_tls, stop_receiver)));
 
     if let StartPlan::Join { url, role: Some(role) } = &config.plan {
@@ -304,7 +304,7 @@ pub async fn start(
             client_address: config.advertise_client.clone(),
             voter: *role == crate::config::JoinRole::Voter,
         };
-        ask_to_join(&config, url, &request).await?;
+        ask_to_join(&forwarder, &config, url, &request).await?;
     }
     Ok(RunningNode { raft, transport, client_address, config, stop, tasks })
 }
@@ -609,9 +609,7 @@ fn http_client(config: &NodeConfig, identity: &NodeIdentity) -> Result<reqwest::
 
 /// The client API's TLS: the node's certificate, and client certificates
 /// required (verified against `--client-ca`) when configured.
-fn https_config(config: &NodeConfig, tls: &TlsFiles) -> Result<rustls::ServerConfig, NodeError> {
-    let identity = NodeIdentity::from_pem_files(&tls.ca, &tls.cert, &tls.key)
-        .map_err(|e| setup(format!("client API TLS files: {e}")))?;
+fn https_config(config: &NodeConfig, identity: &NodeIdentity) -> Result<rustls::ServerConfig, NodeError> {
     let provider = raft_transport_quic::identity::crypto_provider();
     let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
@@ -634,7 +632,7 @@ fn https_config(config: &NodeConfig, tls: &TlsFiles) -> Result<rustls::ServerCon
         None => builder.with_no_client_auth(),
     };
     let mut server = builder
-        .with_single_cert(identity.certificate_chain, identity.private_key)
+        .with_single_cert(identity.certificate_chain.clone(), identity.private_key.clone_key())
         .map_err(|e| setup(format!("client API certificate: {e}")))?;
     server.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(server)
@@ -667,21 +665,15 @@ async fn fetch_directory(client: &reqwest::Client, url: &str) -> Result<Director
     Ok(directory)
 }
 
-/// Asks the cluster to add this node (`--join-as`).
+/// Asks the cluster to add this node (`--join-as`), with the node's own
+/// HTTP client (the one that forwards requests).
 async fn ask_to_join(
+    client: &reqwest::Client,
     config: &NodeConfig,
     url: &str,
     request: &crate::api::AddMemberRequest,
 ) -> Result<(), NodeError> {
     let failed = |message: String| NodeError::Join { url: url.to_string(), message };
-    let identity = config
-        .tls
-        .as_ref()
-        .map(|t| NodeIdentity::from_pem_files(&t.ca, &t.cert, &t.key))
-        .transpose()
-        .map_err(|e| failed(e.to_string()))?
-        .ok_or_else(|| failed("no TLS identity".into()))?;
-    let client = http_client(config, &identity)?;
     let mut attempt = client.post(format!("{url}/v1/cluster/members")).json(request);
     if let Some(token) = &config.admin_token {
         attempt = attempt.bearer_auth(token);

@@ -106,6 +106,12 @@ pub async fn digest(
     }
 }
 
+/// The body of an administrative request, once its token checks out.
+async fn admin_body(state: &AppState, original: &Original, body: Body) -> Result<bytes::Bytes, ApiError> {
+    authorize(state, &original.headers)?;
+    read_body(body, MAX_ADMIN_BODY_BYTES, "request body").await
+}
+
 /// Checks `Authorization: Bearer <token>` when an admin token is set.
 fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(expected) = state.config.admin_token.as_deref() else { return Ok(()) };
@@ -171,8 +177,7 @@ pub async fn add_member(
     original: Original,
     body: Body,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &original.headers)?;
-    let body = read_body(body, MAX_ADMIN_BODY_BYTES, "request body").await?;
+    let body = admin_body(&state, &original, body).await?;
     let request: AddMemberRequest = parse_json(&body)?;
     if request.id == 0 {
         return Err(ApiError::bad_request("bad_node_id", "node id 0 is reserved"));
@@ -283,8 +288,7 @@ pub async fn transfer_leader(
     original: Original,
     body: Body,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &original.headers)?;
-    let body = read_body(body, MAX_ADMIN_BODY_BYTES, "request body").await?;
+    let body = admin_body(&state, &original, body).await?;
     let request: TransferRequest = if body.iter().all(u8::is_ascii_whitespace) {
         TransferRequest::default()
     } else {
