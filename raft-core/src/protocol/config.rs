@@ -10,9 +10,15 @@ pub struct Config {
     /// This node's id (never [`NodeId::NONE`]).
     pub id: NodeId,
     /// The minimum election timeout. Each follower waits a random number of
-    /// ticks in `[election_timeout_ticks, 2 * election_timeout_ticks)`
-    /// without hearing from a leader before it campaigns.
+    /// ticks in `[election_timeout_ticks, election_timeout_ticks +
+    /// election_timeout_random_ticks)` without hearing from a leader before
+    /// it campaigns.
     pub election_timeout_ticks: u64,
+    /// The width of the random part of the election timeout; `None` means
+    /// `election_timeout_ticks` (the timeout is then in `[T, 2T)`, as in the
+    /// Raft paper's 150–300 ms). `Some(0)` disables randomisation, which
+    /// invites split votes: it exists to reproduce the paper's Figure 16.
+    pub election_timeout_random_ticks: Option<u64>,
     /// The leader sends heartbeats every this many ticks. Must be less than
     /// `election_timeout_ticks`.
     pub heartbeat_interval_ticks: u64,
@@ -49,6 +55,12 @@ pub struct Config {
     pub max_apply_backlog_entries: u64,
     /// Snapshot chunk size the leader asks for.
     pub snapshot_chunk_bytes: u64,
+    /// The most snapshot chunks sent to one follower and not yet
+    /// acknowledged. A window of several chunks keeps the link busy while
+    /// the follower writes the previous ones; it bounds the snapshot bytes
+    /// in flight to one follower at `snapshot_chunks_in_flight *
+    /// snapshot_chunk_bytes`.
+    pub snapshot_chunks_in_flight: usize,
     /// After a snapshot at index `i`, entries up to `i - snapshot_trailing_entries`
     /// are compacted; the rest stay so slightly lagging followers catch up
     /// from the log instead of a snapshot.
@@ -67,6 +79,7 @@ impl Config {
         Config {
             id,
             election_timeout_ticks: 10,
+            election_timeout_random_ticks: None,
             heartbeat_interval_ticks: 1,
             pre_vote: true,
             check_quorum: true,
@@ -80,6 +93,7 @@ impl Config {
             max_pending_reads: 65_536,
             max_apply_backlog_entries: 65_536,
             snapshot_chunk_bytes: 1 << 20,
+            snapshot_chunks_in_flight: 4,
             snapshot_trailing_entries: 1_024,
             promotion_max_lag_entries: 1_000,
             random_seed: id.0,
@@ -117,6 +131,7 @@ impl Config {
             ("max_pending_reads", self.max_pending_reads as u64),
             ("max_apply_backlog_entries", self.max_apply_backlog_entries),
             ("snapshot_chunk_bytes", self.snapshot_chunk_bytes),
+            ("snapshot_chunks_in_flight", self.snapshot_chunks_in_flight as u64),
         ];
         for (name, value) in positive {
             if value == 0 {

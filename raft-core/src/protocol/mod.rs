@@ -865,6 +865,7 @@ impl Engine {
 
     fn reset_randomized_election_timeout(&mut self) {
         let base = self.config.election_timeout_ticks;
-        self.randomized_election_timeout = base + self.rng.below(base);
+        let random_ticks = self.config.election_timeout_random_ticks.unwrap_or(base);
+        self.randomized_election_timeout = base + self.rng.below(random_ticks);
     }
 }

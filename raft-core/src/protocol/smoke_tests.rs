@@ -78,3 +78,34 @@ fn a_lagging_follower_catches_up_by_snapshot() {
     assert_eq!(cluster.engine(3).commit_index(), cluster.engine(1).commit_index());
     cluster.check_invariants().unwrap();
 }
+
+/// Ticks a fresh follower of a three-voter cluster until it campaigns.
+fn ticks_until_campaign(config: Config) -> u64 {
+    let membership = crate::types::Membership::with_voters([NodeId(1), NodeId(2), NodeId(3)]);
+    let mut engine = crate::protocol::Engine::bootstrap(config, membership).unwrap();
+    for tick in 1..=1_000 {
+        engine.tick();
+        if engine.role() != Role::Follower {
+            return tick;
+        }
+    }
+    panic!("the follower never campaigned");
+}
+
+#[test]
+fn election_timeout_is_drawn_from_the_configured_range() {
+    let mut seen = std::collections::BTreeSet::new();
+    for seed in 0..200 {
+        let mut config = Config::new(NodeId(2));
+        config.random_seed = seed;
+        config.election_timeout_ticks = 20;
+        seen.insert(ticks_until_campaign(config.clone()));
+        config.election_timeout_random_ticks = Some(0);
+        assert_eq!(ticks_until_campaign(config.clone()), 20, "no randomisation: exactly the minimum");
+        config.election_timeout_random_ticks = Some(3);
+        let ticks = ticks_until_campaign(config);
+        assert!((20..23).contains(&ticks), "seed {seed}: {ticks} ticks");
+    }
+    // The default range is [T, 2T): every value of it shows up in 200 draws.
+    assert_eq!(seen, (20..40).collect());
+}
