@@ -201,6 +201,8 @@ metric_names! {
     SNAPSHOTS_INSTALLED = "raft_snapshots_installed_total", Counter, None, [], "Snapshots installed from a leader.";
     /// Counter: snapshot chunks sent to followers.
     SNAPSHOT_CHUNKS_SENT = "raft_snapshot_chunks_sent_total", Counter, None, [], "Snapshot chunks sent to followers.";
+    /// Counter: snapshot transfers resent from an earlier offset.
+    SNAPSHOT_REWINDS = "raft_snapshot_rewinds_total", Counter, None, [], "Times a snapshot transfer resent from an earlier offset because a follower reported a lost chunk.";
     /// Gauge: size of the latest snapshot.
     SNAPSHOT_SIZE_BYTES = "raft_snapshot_size_bytes", Gauge, Some(Unit::Bytes), [], "Size of the latest snapshot created or installed, in bytes.";
     /// Histogram: time to create or install a snapshot.

@@ -194,6 +194,7 @@ impl NodeMetrics {
             (names::VOTES_IGNORED_IN_LEASE, stats.votes_ignored_in_lease),
             (names::PROPOSALS_REFUSED, stats.proposals_refused),
             (names::SNAPSHOT_CHUNKS_SENT, stats.snapshot_chunks_sent),
+            (names::SNAPSHOT_REWINDS, stats.snapshot_rewinds),
             (names::SNAPSHOTS_INSTALLED, stats.snapshots_installed),
         ];
         for (name, value) in counters {

@@ -1,7 +1,7 @@
 //! Transport benchmarks on loopback, printed as a table. Build in release:
 //!
 //! ```sh
-//! cargo run --release -p raft-transport-quic --example bench -- [quick] [rtt] [pipeline] [snapshot]
+//! cargo run --release -p raft-transport-quic --example bench -- [quick] [rtt] [pipeline] [snapshot] [engine-snapshot]
 //! ```
 //!
 //! 1. Round-trip latency of one small message over the QUIC transport (a
@@ -11,8 +11,12 @@
 //!    and the receiver's inbox, with a bounded window of messages in flight.
 //! 3. Snapshot transfer: 1 GiB in 1 MiB InstallSnapshot chunks, with a
 //!    heartbeat every 10 ms on the same connection, reporting MB/s and the
-//!    heartbeats' delivery latency; once with 4 chunks in flight and once
-//!    with one (what raft-core's engine does today).
+//!    heartbeats' delivery latency; with 8, 4 and 1 chunks in flight.
+//! 4. The same through raft-core (`engine-snapshot`): three runtimes over
+//!    QUIC with in-memory stores; a follower restarts after the leader
+//!    compacted its log and receives a 1 GiB state by InstallSnapshot,
+//!    with the engine's own chunk window. The runtime cluster is the one
+//!    the integration tests use (`tests/it/support.rs`).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,6 +31,10 @@ use raft_transport_quic::certs::ClusterCa;
 use raft_transport_quic::{ClusterId, QuicTransport, TransportConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
+
+#[allow(dead_code)]
+#[path = "../tests/it/support.rs"]
+mod support;
 
 struct Pair {
     one: QuicTransport,
@@ -291,7 +299,7 @@ async fn main() {
             "| chunks in flight | max UDP payload | MB/s | heartbeats | heartbeat delivery p50 / p99 / max |"
         );
         println!("|---|---|---|---|---|");
-        for (window, payload) in [(4, 1472), (1, 1472)] {
+        for (window, payload) in [(8, 1472), (4, 1472), (1, 1472)] {
             let figures = snapshot_transfer(snapshot_bytes, window, payload).await;
             println!(
                 "| {window} | {payload} | {:.0} | {} | {:.2} / {:.2} / {:.2} ms |",
@@ -302,5 +310,52 @@ async fn main() {
                 figures.heartbeat_max.as_secs_f64() * 1e3,
             );
         }
+    }
+    if only("engine-snapshot") {
+        engine_snapshot(snapshot_bytes).await;
+    }
+}
+
+/// A follower of a three-node runtime cluster over QUIC restarts after the
+/// leader compacted its log, and receives `ballast_bytes` of state by
+/// InstallSnapshot. Prints the transfer's MB/s per chunk window.
+async fn engine_snapshot(ballast_bytes: u64) {
+    use raft_core::runtime::StartMode;
+    use support::{QuicCluster, QUEUE_MAX_AGE};
+
+    println!(
+        "\n## Snapshot of {} MiB through raft-core's runtime (1 MiB chunks, heartbeat every 20 ms)\n",
+        ballast_bytes >> 20
+    );
+    println!("| chunks in flight | installed after | MB/s | restored after | longest heartbeat gap |");
+    println!("|---|---|---|---|---|");
+    for window in [4, 1] {
+        let mut cluster = QuicCluster::bootstrap_with(&[1, 2, 3], ballast_bytes, move |config| {
+            config.engine.snapshot_chunks_in_flight = window;
+        })
+        .await;
+        let leader = cluster.wait_for_leader(&[1, 2, 3]).await;
+        let follower = if leader == 1 { 2 } else { 1 };
+        cluster.stop(follower).await;
+        for i in 0..20 {
+            cluster.put(leader, &format!("k{i}"), &format!("v{i}")).await;
+        }
+        let snapshot = cluster.nodes[&leader].raft.trigger_snapshot().await.expect("the leader snapshots");
+        tokio::time::sleep(QUEUE_MAX_AGE * 2).await;
+        let started = Instant::now();
+        cluster.start(follower, StartMode::Restart).await;
+        cluster.wait_for(follower, "the snapshot", |s| s.snapshot_index >= snapshot.last_index).await;
+        let installed = started.elapsed();
+        cluster.wait_for(follower, "the restore", |s| s.applied_index >= snapshot.last_index).await;
+        let restored = started.elapsed();
+        let gap = cluster.nodes[&follower].heartbeats.longest_gap_after(started);
+        println!(
+            "| {window} | {:.2} s | {:.0} | {:.2} s | {:.0} ms |",
+            installed.as_secs_f64(),
+            ballast_bytes as f64 / 1e6 / installed.as_secs_f64(),
+            restored.as_secs_f64(),
+            gap.as_secs_f64() * 1e3,
+        );
+        cluster.shutdown().await;
     }
 }

@@ -121,6 +121,9 @@ pub struct EngineStats {
     pub proposals_refused: u64,
     /// Snapshot chunks sent.
     pub snapshot_chunks_sent: u64,
+    /// Times a snapshot transfer went back to an earlier offset because the
+    /// follower reported a lost chunk.
+    pub snapshot_rewinds: u64,
     /// Snapshots installed from a leader.
     pub snapshots_installed: u64,
 }

@@ -18,21 +18,100 @@ pub(crate) enum ProgressState {
     /// optimistically, bounded by the in-flight window.
     Replicate,
     /// The follower needs entries the leader compacted: the leader streams a
-    /// snapshot to it, one chunk at a time.
+    /// snapshot to it, a bounded window of chunks at a time.
     Snapshot(SnapshotSend),
 }
 
 /// An ongoing snapshot transfer to one follower.
+///
+/// The leader keeps up to `snapshot_chunks_in_flight` chunks on the wire: it
+/// asks the caller for one chunk at a time, sends it, and asks for the next
+/// while the window has room. The follower accepts chunks only in order and
+/// answers each with the offset it expects next, so a lost chunk shows up as
+/// an answer that does not move `acked_offset`; the leader then rewinds to
+/// that offset.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct SnapshotSend {
     /// The snapshot being sent.
     pub(crate) snapshot: SnapshotMeta,
     /// The offset the follower confirmed it has durably.
     pub(crate) acked_offset: u64,
-    /// Whether a chunk read or a chunk message is outstanding.
-    pub(crate) chunk_outstanding: bool,
+    /// The offset of the next chunk to read and send.
+    pub(crate) next_offset: u64,
+    /// The offset of the chunk read the caller was asked for and has not
+    /// answered. At most one read is outstanding per follower.
+    pub(crate) reading: Option<u64>,
+    /// The end offsets of chunks sent and not yet acknowledged, in order.
+    /// Never longer than `snapshot_chunks_in_flight`.
+    pub(crate) in_flight: VecDeque<u64>,
+    /// Whether the last chunk (`done`) has been sent.
+    pub(crate) last_chunk_sent: bool,
+    /// The offset the leader last rewound to after the follower reported a
+    /// gap. The chunks that were already on the wire behind the lost one
+    /// draw the same answer; those answers must not rewind again.
+    pub(crate) rewound_to: Option<u64>,
     /// Ticks since the follower last answered; a silent transfer is restarted.
     pub(crate) idle_ticks: u64,
+}
+
+impl SnapshotSend {
+    fn new(snapshot: SnapshotMeta) -> Self {
+        SnapshotSend {
+            snapshot,
+            acked_offset: 0,
+            next_offset: 0,
+            reading: None,
+            in_flight: VecDeque::new(),
+            last_chunk_sent: false,
+            rewound_to: None,
+            idle_ticks: 0,
+        }
+    }
+
+    /// Forgets everything past `offset` and sends again from there.
+    pub(crate) fn rewind(&mut self, offset: u64) {
+        self.acked_offset = offset;
+        self.next_offset = offset;
+        self.in_flight.clear();
+        self.last_chunk_sent = false;
+        // A read in progress is for an offset past the rewind (or the same
+        // one); its answer is dropped and the read asked again.
+        self.reading = None;
+    }
+
+    /// The offset to ask the caller to read next, if the window has room
+    /// and no read is outstanding; records the read as outstanding.
+    pub(crate) fn next_read(&mut self, window: usize) -> Option<u64> {
+        if self.reading.is_some() || self.last_chunk_sent || self.in_flight.len() >= window {
+            return None;
+        }
+        self.reading = Some(self.next_offset);
+        Some(self.next_offset)
+    }
+
+    /// Records that the chunk read at `offset` (of `length` bytes) was sent.
+    pub(crate) fn chunk_sent(&mut self, offset: u64, length: u64, done: bool) {
+        debug_assert_eq!(self.reading, Some(offset));
+        self.reading = None;
+        self.next_offset = offset + length;
+        self.in_flight.push_back(self.next_offset);
+        self.last_chunk_sent = done;
+    }
+
+    /// Records the follower's durable offset. Returns whether it moved.
+    pub(crate) fn acknowledge(&mut self, offset: u64) -> bool {
+        if offset <= self.acked_offset {
+            return false;
+        }
+        self.acked_offset = offset;
+        while self.in_flight.front().is_some_and(|&end| end <= offset) {
+            self.in_flight.pop_front();
+        }
+        if self.rewound_to.is_some_and(|rewound| rewound < offset) {
+            self.rewound_to = None;
+        }
+        true
+    }
 }
 
 /// AppendEntries messages in flight to one follower, oldest first, with the
@@ -135,12 +214,7 @@ impl Progress {
 
     pub(crate) fn become_snapshot(&mut self, snapshot: SnapshotMeta) {
         self.inflights.clear();
-        self.state = ProgressState::Snapshot(SnapshotSend {
-            snapshot,
-            acked_offset: 0,
-            chunk_outstanding: false,
-            idle_ticks: 0,
-        });
+        self.state = ProgressState::Snapshot(SnapshotSend::new(snapshot));
     }
 
     /// Records a successful append up to `index`. Returns whether anything changed.

@@ -6,14 +6,16 @@
 //! on the follower it hands each chunk to the caller to write
 //! ([`super::SnapshotChunkWrite`]) and acknowledges it once durable. The
 //! snapshot's size need not be known up front: the last chunk says `done`.
-//! Only one chunk per follower is outstanding, which bounds memory, and a
-//! transfer resumes from the follower's durable offset after a lost chunk.
+//! Up to `snapshot_chunks_in_flight` chunks per follower are on the wire, so
+//! the link stays busy while the follower writes; one chunk read per
+//! follower is outstanding at a time. A transfer resumes from the
+//! follower's durable offset after a lost chunk.
 
 use bytes::Bytes;
 
 use super::{Engine, IncomingSnapshot, SnapshotChunkWrite, SnapshotError, SnapshotRead};
 use crate::message::{InstallSnapshot, InstallSnapshotResponse, Message, MessageBody};
-use crate::protocol::progress::ProgressState;
+use crate::protocol::progress::{ProgressState, SnapshotSend};
 use crate::types::{EntryPayload, LogIndex, Membership, NodeId, SnapshotMeta};
 
 impl Engine {
@@ -69,7 +71,13 @@ impl Engine {
     }
 
     /// Hands the engine a chunk of the local snapshot that a
-    /// [`super::SnapshotRead`] asked for; the engine sends it to the follower.
+    /// [`super::SnapshotRead`] asked for; the engine sends it to the follower
+    /// and asks for the next chunk if the follower's window has room.
+    ///
+    /// A chunk nobody asked for (an answer to a read that a rewind or a
+    /// restart of the transfer replaced) is dropped. So is an empty chunk
+    /// that is not the last: it would make no progress, and the transfer is
+    /// retried from the follower's durable offset after an election timeout.
     pub fn snapshot_chunk_read(
         &mut self,
         to: NodeId,
@@ -80,17 +88,23 @@ impl Engine {
     ) {
         let term = self.term;
         let me = self.config.id;
+        let window = self.config.snapshot_chunks_in_flight;
+        let chunk_bytes = self.config.snapshot_chunk_bytes;
         let Some(progress) = self.leader_state.as_deref_mut().and_then(|s| s.progress.get_mut(&to)) else {
             return;
         };
         let ProgressState::Snapshot(send) = &mut progress.state else {
             return;
         };
-        if send.snapshot.last_index != snapshot_index || send.acked_offset != offset {
-            // An answer to a request that a restart of the transfer replaced.
+        if send.snapshot.last_index != snapshot_index || send.reading != Some(offset) {
+            return;
+        }
+        if data.is_empty() && !done {
             return;
         }
         let snapshot = send.snapshot.clone();
+        send.chunk_sent(offset, data.len() as u64, done);
+        queue_snapshot_read(send, to, window, chunk_bytes, &mut self.snapshot_reads_out);
         self.stats.snapshot_chunks_sent += 1;
         self.messages.push(Message {
             from: me,
@@ -115,21 +129,22 @@ impl Engine {
     /// compacted entries.
     pub(super) fn start_snapshot_send(&mut self, to: NodeId) {
         let snapshot = self.snapshot.clone();
-        let chunk = self.config.snapshot_chunk_bytes;
+        let window = self.config.snapshot_chunks_in_flight;
+        let chunk_bytes = self.config.snapshot_chunk_bytes;
         let Some(progress) = self.leader_state.as_deref_mut().and_then(|s| s.progress.get_mut(&to)) else {
             return;
         };
-        progress.become_snapshot(snapshot.clone());
+        progress.become_snapshot(snapshot);
         if let ProgressState::Snapshot(send) = &mut progress.state {
-            send.chunk_outstanding = true;
+            queue_snapshot_read(send, to, window, chunk_bytes, &mut self.snapshot_reads_out);
         }
-        self.snapshot_reads_out.push(SnapshotRead { to, snapshot, offset: 0, max_bytes: chunk });
     }
 
     /// Restarts silent transfers from the follower's durable offset.
     pub(super) fn tick_snapshot_sends(&mut self) {
         let timeout = self.config.election_timeout_ticks;
-        let chunk = self.config.snapshot_chunk_bytes;
+        let window = self.config.snapshot_chunks_in_flight;
+        let chunk_bytes = self.config.snapshot_chunk_bytes;
         let Some(state) = self.leader_state.as_deref_mut() else {
             return;
         };
@@ -138,20 +153,20 @@ impl Engine {
                 send.idle_ticks += 1;
                 if send.idle_ticks >= timeout {
                     send.idle_ticks = 0;
-                    send.chunk_outstanding = true;
-                    self.snapshot_reads_out.push(SnapshotRead {
-                        to: *id,
-                        snapshot: send.snapshot.clone(),
-                        offset: send.acked_offset,
-                        max_bytes: chunk,
-                    });
+                    // Chunks still on the wire from before draw refusals
+                    // naming the same offset; they must not rewind again.
+                    let acked = send.acked_offset;
+                    send.rewind(acked);
+                    send.rewound_to = Some(acked);
+                    queue_snapshot_read(send, *id, window, chunk_bytes, &mut self.snapshot_reads_out);
                 }
             }
         }
     }
 
     pub(super) fn handle_snapshot_response(&mut self, from: NodeId, response: &InstallSnapshotResponse) {
-        let chunk = self.config.snapshot_chunk_bytes;
+        let window = self.config.snapshot_chunks_in_flight;
+        let chunk_bytes = self.config.snapshot_chunk_bytes;
         let Some(progress) = self.leader_state.as_deref_mut().and_then(|s| s.progress.get_mut(&from)) else {
             return;
         };
@@ -175,15 +190,21 @@ impl Engine {
             self.maybe_commit();
             return;
         }
-        send.acked_offset = response.next_offset;
-        send.chunk_outstanding = true;
-        let read = SnapshotRead {
-            to: from,
-            snapshot: send.snapshot.clone(),
-            offset: response.next_offset,
-            max_bytes: chunk,
-        };
-        self.snapshot_reads_out.push(read);
+        let expected = response.next_offset;
+        if !send.acknowledge(expected) {
+            // The follower expects an offset it has already confirmed (or an
+            // earlier one, after it restarted): a chunk was lost, and the
+            // chunks behind it were refused. Rewind once per gap; the other
+            // refused chunks' answers name the same offset.
+            let already_resending = send.rewound_to == Some(expected);
+            let nothing_past_it = send.next_offset == expected && expected == send.acked_offset;
+            if !already_resending && !nothing_past_it {
+                send.rewind(expected);
+                send.rewound_to = Some(expected);
+                self.stats.snapshot_rewinds += 1;
+            }
+        }
+        queue_snapshot_read(send, from, window, chunk_bytes, &mut self.snapshot_reads_out);
     }
 
     /// A follower receives one chunk of a snapshot.
@@ -250,5 +271,18 @@ impl Engine {
         self.snapshot = snapshot;
         self.stats.snapshots_installed += 1;
         self.recompute_membership();
+    }
+}
+
+/// Asks the caller for the next chunk of a transfer if its window has room.
+fn queue_snapshot_read(
+    send: &mut SnapshotSend,
+    to: NodeId,
+    window: usize,
+    chunk_bytes: u64,
+    reads: &mut Vec<SnapshotRead>,
+) {
+    if let Some(offset) = send.next_read(window) {
+        reads.push(SnapshotRead { to, snapshot: send.snapshot.clone(), offset, max_bytes: chunk_bytes });
     }
 }

@@ -37,7 +37,7 @@
 //!   [lease=B] [drift=T] [election=T] [heartbeat=T] [max-inflight=N]
 //!   [max-inflight-bytes=N] [max-entries=N] [max-bytes=N] [max-uncommitted=N]
 //!   [max-pending-reads=N] [max-apply=N] [trailing=N] [chunk=N]
-//!   [promotion-lag=N] [seed=N] [async-storage=B]`: the first call
+//!   [chunks-in-flight=N] [promotion-lag=N] [seed=N] [async-storage=B]`: the first call
 //!   bootstraps nodes 1..=N with the given membership (default: all voters);
 //!   later calls add N empty nodes that join through membership changes.
 //!   With `async-storage=true` a node's writes wait for `persist`.
@@ -76,8 +76,9 @@
 //!   queued)`), committed entries are applied (a retried client request is
 //!   skipped, as a deduplicating state machine would), reads are served
 //!   once applied, snapshot chunks are read for the engine.
-//! - `deliver-msgs ID... [type=KIND] [drop=true]`: steps (or drops) the
-//!   in-flight messages addressed to those nodes, printing each.
+//! - `deliver-msgs ID... [type=KIND] [drop=true] [count=N]`: steps (or
+//!   drops) the in-flight messages addressed to those nodes, printing each;
+//!   with `count`, only the first N of them (per node).
 //! - `stabilize [ID...] [quiet=true]`: handles batches, delivers messages
 //!   and completes queued writes among those nodes (default all) until
 //!   nothing moves, printing everything (or only `ok` when quiet).
@@ -139,6 +140,7 @@ scenarios!(
     async_storage,
     conflicts,
     snapshots,
+    snapshot_window,
     membership,
     joint_consensus,
     learners,

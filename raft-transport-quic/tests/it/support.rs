@@ -166,6 +166,8 @@ pub struct QuicCluster {
     pub nodes: BTreeMap<u64, Node>,
     disks: BTreeMap<u64, Disk>,
     ballast_bytes: u64,
+    /// Applied to every node's runtime configuration after the defaults.
+    adjust: Arc<dyn Fn(&mut RuntimeConfig) + Send + Sync>,
 }
 
 /// Engine ticks of 20 ms and a 25-tick election timeout (0.5–1 s): debug
@@ -175,12 +177,23 @@ pub const ELECTION_TIMEOUT_TICKS: u64 = 25;
 
 impl QuicCluster {
     pub async fn bootstrap(voters: &[u64], ballast_bytes: u64) -> QuicCluster {
+        Self::bootstrap_with(voters, ballast_bytes, |_| {}).await
+    }
+
+    /// Like [`QuicCluster::bootstrap`], with `adjust` applied to every
+    /// node's runtime configuration.
+    pub async fn bootstrap_with(
+        voters: &[u64],
+        ballast_bytes: u64,
+        adjust: impl Fn(&mut RuntimeConfig) + Send + Sync + 'static,
+    ) -> QuicCluster {
         let mut cluster = QuicCluster {
             pki: Pki::new("itest"),
             addresses: BTreeMap::new(),
             nodes: BTreeMap::new(),
             disks: BTreeMap::new(),
             ballast_bytes,
+            adjust: Arc::new(adjust),
         };
         let membership = Membership::with_voters(voters.iter().map(|id| NodeId(*id)));
         for id in voters {
@@ -196,6 +209,7 @@ impl QuicCluster {
         config.engine.snapshot_trailing_entries = 5;
         config.snapshot_policy = SnapshotPolicy { max_log_entries: 1_000_000 };
         config.request_timeout = Duration::from_secs(20);
+        (self.adjust)(&mut config);
         config
     }
 

@@ -117,5 +117,6 @@ fn engine_template(rng: &mut SimRng) -> Config {
     config.snapshot_chunk_bytes = rng.between(8, 128);
     config.snapshot_trailing_entries = rng.between(0, 12);
     config.promotion_max_lag_entries = rng.between(2, 20);
+    config.snapshot_chunks_in_flight = rng.between(1, 4) as usize;
     config
 }

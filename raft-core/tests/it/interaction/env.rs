@@ -145,8 +145,9 @@ impl Env {
             "deliver-msgs" => {
                 let drop = cmd.take_bool("drop")?.unwrap_or(false);
                 let kind = cmd.take("type");
+                let count = cmd.take_u64("count")?.map_or(usize::MAX, |c| c as usize);
                 for id in node_list(cmd, 0)? {
-                    self.deliver(id, drop, kind.as_deref(), out);
+                    self.deliver(id, drop, kind.as_deref(), count, out);
                 }
             }
             "stabilize" => {
@@ -661,12 +662,26 @@ impl Env {
     // -----------------------------------------------------------------
     // The network.
 
-    /// Delivers (or drops) the in-flight messages addressed to `id`,
-    /// optionally only those of one kind. Returns how many there were.
-    fn deliver(&mut self, id: NodeId, drop: bool, kind: Option<&str>, out: &mut String) -> usize {
-        let (now, later): (Vec<Message>, Vec<Message>) = std::mem::take(&mut self.cluster.in_flight)
-            .into_iter()
-            .partition(|m| m.to == id && kind.is_none_or(|k| m.kind() == k));
+    /// Delivers (or drops) the first `count` in-flight messages addressed
+    /// to `id`, only those of one kind if `kind` is given; the others stay
+    /// in flight, in order. Returns how many there were.
+    fn deliver(
+        &mut self,
+        id: NodeId,
+        drop: bool,
+        kind: Option<&str>,
+        count: usize,
+        out: &mut String,
+    ) -> usize {
+        let mut now = Vec::new();
+        let mut later = Vec::new();
+        for message in std::mem::take(&mut self.cluster.in_flight) {
+            if now.len() < count && message.to == id && kind.is_none_or(|k| message.kind() == k) {
+                now.push(message);
+            } else {
+                later.push(message);
+            }
+        }
         self.cluster.in_flight = later;
         if now.is_empty() {
             return 0;
@@ -705,7 +720,7 @@ impl Env {
                 busy |= self.process_ready(*id, out);
             }
             for id in ids {
-                busy |= self.deliver(*id, false, None, out) > 0;
+                busy |= self.deliver(*id, false, None, usize::MAX, out) > 0;
             }
             for id in ids {
                 if self.extra.get(id).is_some_and(|e| !e.pending_writes.is_empty()) {
@@ -963,8 +978,9 @@ fn config_options(cmd: &mut Command) -> Result<Config, String> {
             *field = v;
         }
     }
-    let sizes: [(&str, &mut usize); 3] = [
+    let sizes: [(&str, &mut usize); 4] = [
         ("max-inflight", &mut c.max_inflight_messages),
+        ("chunks-in-flight", &mut c.snapshot_chunks_in_flight),
         ("max-entries", &mut c.max_entries_per_message),
         ("max-pending-reads", &mut c.max_pending_reads),
     ];

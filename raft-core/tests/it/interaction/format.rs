@@ -248,6 +248,7 @@ pub fn stats(s: &EngineStats) -> String {
         ("leadership_won", s.leadership_won),
         ("proposals_refused", s.proposals_refused),
         ("snapshot_chunks_sent", s.snapshot_chunks_sent),
+        ("snapshot_rewinds", s.snapshot_rewinds),
         ("snapshots_installed", s.snapshots_installed),
     ];
     let mut out = String::new();
