@@ -13,6 +13,8 @@
 //! - `bench`: raft-node against etcd on this machine (raft-node's
 //!   `bench_cluster` example, built in release); `bench runtime` runs the
 //!   runtime benchmark of raft-core.
+//! - `figure16`: the Raft paper's Figure 16 (time to elect a new leader after
+//!   a crash) simulated with raft-core's engine (its `figure16` example).
 
 mod cluster;
 
@@ -43,7 +45,10 @@ tasks:
         same HTTP load (256-byte writes, linearizable reads) and print a Markdown report with the
         machine's fdatasync and loopback RTT, throughput, p50/p99, peak RSS and ratios to etcd
   bench runtime [arguments of raft-core's runtime bench]
-        the raft-core runtime benchmark (3 runtimes in one process, in-memory stores)";
+        the raft-core runtime benchmark (3 runtimes in one process, in-memory stores)
+  figure16 [--trials 1000] [--variant both|engine|paper] [--tick-us 100] [--out target/figure16]
+        simulate the Raft paper's Figure 16 (5 servers, leader crashed, time until a new leader)
+        with raft-core's engine; print the table and write SVG CDFs";
 
 fn main() -> ExitCode {
     let mut arguments = std::env::args().skip(1);
@@ -53,6 +58,7 @@ fn main() -> ExitCode {
         Some("sim") => simulate(&rest),
         Some("cluster") => cluster::cluster(&rest),
         Some("bench") => bench(&rest),
+        Some("figure16") => figure16(&rest),
         Some("help" | "--help" | "-h") => {
             println!("{USAGE}");
             ExitCode::SUCCESS
@@ -126,6 +132,17 @@ fn bench(arguments: &[String]) -> ExitCode {
         .args(["run", "--quiet", "--release", "-p", "raft-node", "--example", "bench_cluster", "--"])
         .arg("--raft-node")
         .arg(binary)
+        .args(arguments);
+    run(command)
+}
+
+/// `figure16`: raft-core's `figure16` example, built in release.
+fn figure16(arguments: &[String]) -> ExitCode {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+    let mut command = Command::new(cargo);
+    command
+        .current_dir(workspace_root())
+        .args(["run", "--quiet", "--release", "-p", "raft-core", "--example", "figure16", "--"])
         .args(arguments);
     run(command)
 }
