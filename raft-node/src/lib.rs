@@ -4,6 +4,7 @@ pub mod api;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod fault;
 pub mod http;
 mod instrument;
 pub mod kv;

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusHandle;
 use raft_core::runtime::{NodeStatus, Parts, RaftNode, RuntimeConfig, SnapshotPolicy, StartMode};
-use raft_core::transport::Inbox;
+use raft_core::transport::{Inbox, Transport};
 use raft_core::types::{Membership, NodeId, Role};
 use raft_metrics::{NodeMetrics, PeerTransportFigures, TransportFigures};
 use raft_transport_quic::certs::{CaFiles, ClusterCa, NodeFiles};
@@ -29,6 +29,7 @@ use tokio::task::JoinHandle;
 
 use crate::api::ClusterStatus;
 use crate::config::{NodeConfig, StartPlan, TlsFiles};
+use crate::fault::{FaultInjector, FaultyTransport};
 use crate::http::{self, AppState};
 use crate::instrument::{TimedLogStore, TimedStateMachine};
 use crate::kv::{Directory, KvCommand, KvLimits, KvStateMachine, NodeAddresses};
@@ -241,6 +242,22 @@ pub async fn start(
     let transport = QuicTransport::bind(transport_config, inbox)?;
     transport.set_peers(&peer_addresses(&seed, id));
 
+    // The test-only fault injector sits between the runtime and the real
+    // transport, so that it sees every outgoing message (see `fault.rs`).
+    let faults =
+        config.dangerous_fault_injection.then(|| Arc::new(FaultInjector::new(random_seed(config.id))));
+    let peer_transport: Arc<dyn Transport> = match &faults {
+        Some(injector) => {
+            tracing::warn!(
+                "--dangerous-fault-injection: peer messages can be delayed and dropped over the API"
+            );
+            let faulty = FaultyTransport::new(transport.clone(), Arc::clone(injector))
+                .ok_or_else(|| setup("the fault injector needs a tokio runtime".to_string()))?;
+            Arc::new(faulty)
+        }
+        None => Arc::new(transport.clone()),
+    };
+
     let mut runtime = RuntimeConfig::new(id);
     runtime.engine.election_timeout_ticks = u64::from(config.election_timeout_ticks);
     runtime.engine.heartbeat_interval_ticks = u64::from(config.heartbeat_interval_ticks);
@@ -259,7 +276,7 @@ pub async fn start(
         log_store: Arc::new(TimedLogStore::new(Arc::new(log_store), Arc::clone(&metrics))),
         snapshot_store: Arc::new(snapshot_store),
         state_machine: Box::new(TimedStateMachine::new(state_machine, Arc::clone(&metrics))),
-        transport: Arc::new(transport.clone()),
+        transport: peer_transport,
         inbox: inbox_receiver,
     };
     let raft = RaftNode::start(runtime, mode, parts).await?;
@@ -294,6 +311,7 @@ pub async fn start(
         prometheus,
         forwarder: forwarder.clone(),
         limiter: Arc::new(Semaphore::new(config.max_concurrent_requests)),
+        faults,
     });
     tasks.push(tokio::spawn(listener.serve(http::router(state), server_tls, stop_receiver)));
 
@@ -598,13 +616,20 @@ fn http_client(config: &NodeConfig, identity: &NodeIdentity) -> Result<reqwest::
     let mut tls = raft_transport_quic::identity::client_tls_config(identity)
         .map_err(|e| setup(format!("client TLS configuration: {e}")))?;
     tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-    reqwest::Client::builder()
+    let builder = reqwest::Client::builder()
         .use_preconfigured_tls(tls)
         .timeout(config.request_timeout + Duration::from_secs(1))
         .pool_max_idle_per_host(256)
-        .tcp_nodelay(true)
-        .build()
-        .map_err(|e| setup(format!("HTTP client: {e}")))
+        .tcp_nodelay(true);
+    // Under fault injection, nodes usually share one host on distinct
+    // loopback addresses and partitions are firewall rules between those
+    // addresses: forwarded requests must then leave from this node's own
+    // address, or they would cross a partition looking like a client's.
+    let builder = match config.listen_client.ip() {
+        ip if config.dangerous_fault_injection && !ip.is_unspecified() => builder.local_address(ip),
+        _ => builder,
+    };
+    builder.build().map_err(|e| setup(format!("HTTP client: {e}")))
 }
 
 /// The client API's TLS: the node's certificate, and client certificates

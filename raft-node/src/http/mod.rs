@@ -66,6 +66,9 @@ pub struct Shared {
     pub forwarder: reqwest::Client,
     /// Bounds the requests served at once ([`NodeConfig::max_concurrent_requests`]).
     pub limiter: Arc<Semaphore>,
+    /// The peer transport's fault injector, only with
+    /// `--dangerous-fault-injection` (see [`crate::fault`]).
+    pub faults: Option<Arc<crate::fault::FaultInjector>>,
 }
 
 impl Shared {
@@ -127,6 +130,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/cluster/members/{id}", delete(cluster::remove_member))
         .route("/v1/cluster/leader", post(cluster::transfer_leader))
         .route("/v1/cluster/snapshot", post(cluster::snapshot))
+        .route(
+            "/v1/dangerous/faults",
+            get(crate::fault::show).post(crate::fault::set).delete(crate::fault::clear),
+        )
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -167,7 +174,7 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
 /// Route templates as static labels (the metric's label must never be the
 /// raw path, or every key would make a new series).
 fn route_label(template: &str) -> &'static str {
-    const ROUTES: [&str; 13] = [
+    const ROUTES: [&str; 14] = [
         "/v1/kv",
         "/v1/kv/",
         "/v1/kv/{*key}",
@@ -178,6 +185,7 @@ fn route_label(template: &str) -> &'static str {
         "/v1/cluster/members/{id}",
         "/v1/cluster/leader",
         "/v1/cluster/snapshot",
+        "/v1/dangerous/faults",
         "/metrics",
         "/healthz",
         "/readyz",
