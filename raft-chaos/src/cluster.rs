@@ -174,7 +174,9 @@ impl Cluster {
         if id == 0 || id > MAX_NODE_ID {
             return Err(ClusterError::TooManyNodes(id));
         }
-        let certs = self.settings.directory.join("certs");
+        // Each node gets a directory of its own: writing a node's files also
+        // rewrites `ca.pem` there, which a running node might be reading.
+        let certs = self.settings.directory.join("certs").join(format!("node-{id}"));
         if !certs.join(format!("node-{id}.pem")).exists() {
             self.ca
                 .issue_node(NodeId(id), &[self.ip(id).to_string()])

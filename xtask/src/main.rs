@@ -10,12 +10,15 @@
 //!   `cargo xtask sim --bugs` checks that each injected protocol bug is caught.
 //! - `cluster`: a local cluster of raft-node processes with generated
 //!   certificates (see `cluster.rs`); Ctrl-C stops it cleanly.
+//! - `chaos`: real raft-node processes under faults, with the clients'
+//!   history checked for linearizability (see `chaos.rs` and raft-chaos).
 //! - `bench`: raft-node against etcd on this machine (raft-node's
 //!   `bench_cluster` example, built in release); `bench runtime` runs the
 //!   runtime benchmark of raft-core.
 //! - `figure16`: the Raft paper's Figure 16 (time to elect a new leader after
 //!   a crash) simulated with raft-core's engine (its `figure16` example).
 
+mod chaos;
 mod cluster;
 
 use std::path::{Path, PathBuf};
@@ -39,6 +42,16 @@ tasks:
         starts restart them from their data (with the same --base-port: the nodes remember their
         addresses). --fresh wipes the data first (certificates are kept).
         Ctrl-C stops every node with SIGTERM and waits for it.
+  chaos [--nodes 3|5] [--duration D] [--faults LIST] [--seed S] [--clients C] [--subnet B] [--release]
+        build raft-node and raft-chaos (debug, or --release) and run N nodes on 127.<B>.0.x (default
+        subnet 77) with --dangerous-fault-injection; C clients (default 6) read, write and compare-and-set
+        a few keys on random nodes while faults from LIST (default all: kill, pause, partition, delay,
+        drop, torn, membership, transfer) follow a schedule drawn from seed S. D is like 90s, 10m, 2h
+        (default 60s). Partitions need nftables (apt-get install -y nftables) and root. Then everything
+        heals, the replicas must converge to one digest, every key is read, and the history is checked
+        for linearizability and lost acknowledged writes. Writes target/chaos/S/{report.md,timeline.svg,
+        history.json,node-*.log}; exits non-zero on any violation. Re-check a history with
+        `raft-chaos check history.json`.
   bench [--seconds N] [--connections 1,16,64,256] [--read-connections 64] [--skip-etcd]
         build raft-node in release, then run a 3-node raft-node cluster and a 3-member etcd
         cluster (Debian: apt-get install etcd-server) one after the other, drive both with the
@@ -57,6 +70,7 @@ fn main() -> ExitCode {
     match task.as_deref() {
         Some("sim") => simulate(&rest),
         Some("cluster") => cluster::cluster(&rest),
+        Some("chaos") => chaos::chaos(&rest),
         Some("bench") => bench(&rest),
         Some("figure16") => figure16(&rest),
         Some("help" | "--help" | "-h") => {
