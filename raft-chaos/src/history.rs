@@ -101,8 +101,10 @@ pub fn write_not_applied(answer: &Answer) -> Option<bool> {
 pub fn classify(request: Request, answer: &Answer, read_value: Option<u64>) -> Outcome {
     match request {
         Request::Read => match answer {
-            Answer::Status { status: 200, .. } | Answer::Status { status: 404, .. } => {
-                Outcome::Read(read_value)
+            Answer::Status { status: 200, .. } => Outcome::Read(read_value),
+            // Only the key's own absence; a 404 for an unknown route says nothing.
+            Answer::Status { status: 404, code: Some(code) } if code == "key_not_found" => {
+                Outcome::Read(None)
             }
             _ => Outcome::Indeterminate,
         },
@@ -390,6 +392,10 @@ mod tests {
         );
         assert_eq!(classify(Request::Read, &status(200, None), Some(5)), Outcome::Read(Some(5)));
         assert_eq!(classify(Request::Read, &status(404, Some("key_not_found")), None), Outcome::Read(None));
+        assert_eq!(
+            classify(Request::Read, &status(404, Some("no_such_route")), None),
+            Outcome::Indeterminate
+        );
     }
 
     #[test]

@@ -1011,6 +1011,64 @@ mod tests {
         assert_not_linearizable(&[write(1, 1, 2, 1), read(2, 3, 4, None)]);
     }
 
+    /// The shape raft-chaos records: a compare-and-set through `If-Match`
+    /// follows a read and expects the value read; a `412` is a failed
+    /// compare-and-set; a refused write (not applied) is dropped; a write
+    /// that timed out may show up later. All of it together is fine...
+    #[test]
+    fn chaos_shaped_history_is_linearizable() {
+        let refused = Operation {
+            client: 3,
+            key: KEY,
+            op: Op::Write(99),
+            invoke: 2,
+            complete: Some(3),
+            outcome: Outcome::Failed,
+        };
+        assert_linearizable(&[
+            write(1, 1, 4, 1),
+            refused,
+            read(2, 5, 6, Some(1)),
+            cas(2, 7, 9, Some(1), Some(2), true),
+            read(1, 8, 10, Some(2)),
+            // Raced by client 2's compare-and-set, this one fails (412).
+            cas(1, 11, 12, Some(1), Some(3), false),
+            indeterminate(3, Op::Write(4), 13),
+            read(2, 20, 21, Some(2)),
+            read(1, 22, 23, Some(4)),
+            read(2, 24, 25, Some(4)),
+        ]);
+    }
+
+    /// ... but with one answer changed, each of these is caught.
+    #[test]
+    fn chaos_shaped_violations_are_caught() {
+        // A compare-and-set that succeeded from a value overwritten before
+        // it started.
+        assert_not_linearizable(&[
+            write(1, 1, 2, 1),
+            write(1, 3, 4, 2),
+            cas(2, 5, 6, Some(1), Some(3), true),
+        ]);
+        // A failed compare-and-set (412) while the key held the expected value.
+        assert_not_linearizable(&[write(1, 1, 2, 1), cas(2, 3, 4, Some(1), Some(3), false)]);
+        // A timed-out write seen, then unseen: once it took effect it stays.
+        assert_not_linearizable(&[
+            write(1, 1, 2, 1),
+            indeterminate(3, Op::Write(4), 3),
+            read(2, 5, 6, Some(4)),
+            read(2, 7, 8, Some(1)),
+        ]);
+        // An acknowledged write lost behind a final read, with a timed-out
+        // write of another value that was never seen.
+        assert_not_linearizable(&[
+            write(1, 1, 2, 1),
+            indeterminate(2, Op::Write(5), 3),
+            write(1, 4, 5, 2),
+            read(3, 10, 11, Some(1)),
+        ]);
+    }
+
     #[test]
     fn read_of_a_value_never_written_is_not_linearizable() {
         let explanation =
