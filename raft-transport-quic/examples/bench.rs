@@ -327,9 +327,17 @@ async fn engine_snapshot(ballast_bytes: u64) {
         "\n## Snapshot of {} MiB through raft-core's runtime (1 MiB chunks, heartbeat every 20 ms)\n",
         ballast_bytes >> 20
     );
-    println!("| chunks in flight | installed after | MB/s | restored after | longest heartbeat gap |");
-    println!("|---|---|---|---|---|");
-    for window in [4, 1] {
+    println!(
+        "| chunks in flight | installed after | MB/s | restored after | longest heartbeat gap | chunks sent | rewinds |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    // Alternating windows, so that both see the same machine load;
+    // BENCH_WINDOWS=8,2 picks others.
+    let windows: Vec<usize> = std::env::var("BENCH_WINDOWS")
+        .ok()
+        .map(|list| list.split(',').filter_map(|w| w.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![4, 1, 4, 1]);
+    for window in windows {
         let mut cluster = QuicCluster::bootstrap_with(&[1, 2, 3], ballast_bytes, move |config| {
             config.engine.snapshot_chunks_in_flight = window;
         })
@@ -349,12 +357,15 @@ async fn engine_snapshot(ballast_bytes: u64) {
         cluster.wait_for(follower, "the restore", |s| s.applied_index >= snapshot.last_index).await;
         let restored = started.elapsed();
         let gap = cluster.nodes[&follower].heartbeats.longest_gap_after(started);
+        let stats = cluster.status(leader).stats;
         println!(
-            "| {window} | {:.2} s | {:.0} | {:.2} s | {:.0} ms |",
+            "| {window} | {:.2} s | {:.0} | {:.2} s | {:.0} ms | {} | {} |",
             installed.as_secs_f64(),
             ballast_bytes as f64 / 1e6 / installed.as_secs_f64(),
             restored.as_secs_f64(),
             gap.as_secs_f64() * 1e3,
+            stats.snapshot_chunks_sent,
+            stats.snapshot_rewinds,
         );
         cluster.shutdown().await;
     }

@@ -93,8 +93,9 @@ pub struct QueueLimits {
     pub max_messages: usize,
     /// The most estimated bytes of those messages.
     pub max_message_bytes: u64,
-    /// The most snapshot chunks queued for a peer (the engine keeps one
-    /// chunk in flight per follower, so this is rarely reached).
+    /// The most snapshot chunks queued for a peer. raft-core's engine keeps
+    /// at most `snapshot_chunks_in_flight` chunks (default 4) in flight per
+    /// follower, so with the defaults this is not reached.
     pub max_snapshot_chunks: usize,
     /// The most bytes of queued snapshot chunks.
     pub max_snapshot_bytes: u64,
