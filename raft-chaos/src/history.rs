@@ -346,12 +346,13 @@ pub fn request_name(op: Op) -> &'static str {
     }
 }
 
-/// The class of an outcome in reports and the timeline.
-pub fn outcome_class(outcome: Outcome) -> &'static str {
-    match outcome {
-        Outcome::Cas(false) => "cas_failed",
-        Outcome::Failed => "not_applied",
-        Outcome::Indeterminate => "indeterminate",
+/// The class of an outcome in reports. A read that failed is counted as
+/// not applied: it changed nothing, so nothing about it is uncertain.
+pub fn outcome_class(op: Op, outcome: Outcome) -> &'static str {
+    match (op, outcome) {
+        (_, Outcome::Cas(false)) => "cas_failed",
+        (Op::Read, Outcome::Indeterminate) | (_, Outcome::Failed) => "not_applied",
+        (_, Outcome::Indeterminate) => "indeterminate",
         _ => "ok",
     }
 }
@@ -363,7 +364,7 @@ pub fn counts(history: &HistoryFile) -> Counts {
     for record in &history.records {
         keys.insert(record.key);
         let name = if record.client == FINAL_CLIENT { "final read" } else { request_name(record.op) };
-        *counts.by_outcome.entry((name, outcome_class(record.outcome))).or_default() += 1;
+        *counts.by_outcome.entry((name, outcome_class(record.op, record.outcome))).or_default() += 1;
     }
     for fault in &history.faults {
         let entry = counts.faults.entry(fault.kind).or_default();

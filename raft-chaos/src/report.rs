@@ -96,7 +96,7 @@ pub fn markdown(history: &HistoryFile, findings: &Findings, command: &str) -> St
     let _ = writeln!(out, "\n## Operations by outcome\n");
     let _ = writeln!(
         out,
-        "| request | ok | cas failed (412) | not applied | indeterminate |\n|---|---|---|---|---|"
+        "| request | ok | cas failed (412) | not applied (reads: failed) | indeterminate |\n|---|---|---|---|---|"
     );
     for request in ["read", "write", "cas", "final read"] {
         let cell = |class| counts.by_outcome.get(&(request, class)).copied().unwrap_or(0);

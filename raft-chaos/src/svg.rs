@@ -13,7 +13,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use raft_core::testing::linearizability::Outcome;
+use raft_core::testing::linearizability::{Op, Outcome};
 
 use crate::history::{HistoryFile, FINAL_CLIENT};
 use crate::schedule::FaultKind;
@@ -31,18 +31,23 @@ const TOP_MARGIN_PX: u64 = 50;
 const CLASSES: [(&str, &str); 4] = [
     ("ok", "#4caf50"),
     ("cas failed (412)", "#2196f3"),
-    ("not applied", "#9e9e9e"),
-    ("indeterminate", "#ff9800"),
+    ("not applied / read failed", "#9e9e9e"),
+    ("indeterminate write", "#ff9800"),
 ];
 
-fn class_of(outcome: Outcome) -> usize {
-    match outcome {
-        Outcome::Cas(false) => 1,
-        Outcome::Failed => 2,
-        Outcome::Indeterminate => 3,
+fn class_of(op: Op, outcome: Outcome) -> usize {
+    match (op, outcome) {
+        (_, Outcome::Cas(false)) => 1,
+        // A read that failed changed nothing: it is not uncertain.
+        (Op::Read, Outcome::Indeterminate) | (_, Outcome::Failed) => 2,
+        (_, Outcome::Indeterminate) => 3,
         _ => 0,
     }
 }
+
+/// About how wide a character of the labels is, to leave out labels that
+/// do not fit their band (the tooltip still has them).
+const CHARACTER_WIDTH_PX: u64 = 6;
 
 fn fault_colour(kind: FaultKind) -> &'static str {
     match kind {
@@ -51,7 +56,7 @@ fn fault_colour(kind: FaultKind) -> &'static str {
         FaultKind::Partition => "#3949ab",
         FaultKind::Delay => "#00897b",
         FaultKind::Drop => "#6d4c41",
-        FaultKind::Torn => "#c62828",
+        FaultKind::Torn => "#ad1457",
         FaultKind::Membership => "#f9a825",
         FaultKind::Transfer => "#546e7a",
     }
@@ -85,7 +90,7 @@ pub fn timeline(history: &HistoryFile, failing_key: Option<u64>) -> String {
     let disruptive_lane = 1u64;
     let first_client_lane = 2u64;
     let lanes = first_client_lane + clients.len() as u64;
-    let height = TOP_MARGIN_PX + lanes * LANE_HEIGHT_PX + 60;
+    let height = TOP_MARGIN_PX + lanes * LANE_HEIGHT_PX + 80;
     let width = LEFT_MARGIN_PX + PLOT_WIDTH_PX + 20;
     let lane_y = |lane: u64| TOP_MARGIN_PX + lane * LANE_HEIGHT_PX;
 
@@ -126,15 +131,23 @@ pub fn timeline(history: &HistoryFile, failing_key: Option<u64>) -> String {
                 clients.len() as u64 * LANE_HEIGHT_PX
             );
         }
+        // The label goes inside the band, if it fits.
+        let label = if band >= fault.label.len() as u64 * CHARACTER_WIDTH_PX + 4 {
+            format!(
+                r#"<text x="{}" y="{}" fill="black">{}</text>"#,
+                x0 + 2,
+                lane_y(lane) + LANE_HEIGHT_PX - 5,
+                escape(&fault.label)
+            )
+        } else {
+            String::new()
+        };
         let _ = writeln!(
             svg,
-            r#"<g><title>{title}</title><rect x="{x0}" y="{}" width="{band}" height="{}" fill="{colour}" fill-opacity="{}"/><text x="{}" y="{}" fill="{colour}">{}</text></g>"#,
+            r#"<g><title>{title}</title><rect x="{x0}" y="{}" width="{band}" height="{}" fill="{colour}" fill-opacity="{}"/>{label}</g>"#,
             lane_y(lane) + 2,
             LANE_HEIGHT_PX - 4,
-            if fault.succeeded { "0.6" } else { "0.25" },
-            x0 + 2,
-            lane_y(lane) + LANE_HEIGHT_PX - 5,
-            escape(&fault.label)
+            if fault.succeeded { "0.5" } else { "0.2" },
         );
     }
 
@@ -167,16 +180,35 @@ pub fn timeline(history: &HistoryFile, failing_key: Option<u64>) -> String {
         // would otherwise cover the rest of its lane.
         let last = if record.complete_us.is_none() { first } else { last };
         for column in first..=last.min(PLOT_WIDTH_PX) {
-            cells.entry((lane, column)).or_default()[class_of(record.outcome)] += 1;
+            cells.entry((lane, column)).or_default()[class_of(record.op, record.outcome)] += 1;
             if Some(record.key) == failing_key {
                 *failing.entry((lane, column)).or_default() += 1;
             }
         }
     }
-    // Merge runs of columns of the same lane, colour and counts.
+    // Cells of one outcome merge into runs; mixed cells become stacked
+    // bars.
     let mut runs: Vec<(u64, u64, u64, usize, [u64; 4])> = Vec::new();
     for ((lane, column), counts) in &cells {
-        let class = (0..4).rev().find(|c| counts[*c] > 0).unwrap_or(0);
+        let classes = counts.iter().filter(|count| **count > 0).count();
+        if classes > 1 {
+            let total: u64 = counts.iter().sum();
+            let height = LANE_HEIGHT_PX - 6;
+            let mut y = lane_y(*lane) + 3;
+            let title = cell_title(counts);
+            for (class, count) in counts.iter().enumerate().filter(|(_, count)| **count > 0) {
+                let part = (count * height).div_ceil(total).min(lane_y(*lane) + 3 + height - y);
+                let _ = writeln!(
+                    svg,
+                    r#"<rect x="{}" y="{y}" width="1" height="{part}" fill="{}"><title>{title}</title></rect>"#,
+                    LEFT_MARGIN_PX + column,
+                    CLASSES[class].1,
+                );
+                y += part;
+            }
+            continue;
+        }
+        let class = (0..4).find(|c| counts[*c] > 0).unwrap_or(0);
         match runs.last_mut() {
             Some(run) if run.0 == *lane && run.2 + 1 == *column && run.3 == class => {
                 run.2 = *column;
@@ -188,13 +220,6 @@ pub fn timeline(history: &HistoryFile, failing_key: Option<u64>) -> String {
         }
     }
     for (lane, first, last, class, counts) in runs {
-        let title = CLASSES
-            .iter()
-            .zip(counts)
-            .filter(|(_, count)| *count > 0)
-            .map(|((name, _), count)| format!("{count} {name}"))
-            .collect::<Vec<_>>()
-            .join(", ");
         let _ = writeln!(
             svg,
             r#"<rect x="{}" y="{}" width="{}" height="{}" fill="{}"><title>{}</title></rect>"#,
@@ -203,7 +228,7 @@ pub fn timeline(history: &HistoryFile, failing_key: Option<u64>) -> String {
             last - first + 1,
             LANE_HEIGHT_PX - 6,
             CLASSES[class].1,
-            escape(&title)
+            cell_title(&counts)
         );
     }
     for ((lane, column), count) in failing {
@@ -248,7 +273,7 @@ pub fn timeline(history: &HistoryFile, failing_key: Option<u64>) -> String {
             legend_y - 10,
             legend_x + 16
         );
-        legend_x += 130;
+        legend_x += 190;
     }
     if failing_key.is_some() {
         let _ = writeln!(
@@ -258,15 +283,40 @@ pub fn timeline(history: &HistoryFile, failing_key: Option<u64>) -> String {
             legend_x + 16
         );
     }
+    // The fault colours, on a second row.
+    let legend_y = legend_y + 20;
+    let mut legend_x = LEFT_MARGIN_PX;
+    for kind in FaultKind::ALL {
+        let _ = writeln!(
+            svg,
+            r#"<rect x="{legend_x}" y="{}" width="12" height="12" fill="{}" fill-opacity="0.5"/><text x="{}" y="{legend_y}">{}</text>"#,
+            legend_y - 10,
+            fault_colour(kind),
+            legend_x + 16,
+            kind.name()
+        );
+        legend_x += 110;
+    }
     svg.push_str("</svg>\n");
     svg
+}
+
+/// The tooltip of a cell: its operations' counts by outcome.
+fn cell_title(counts: &[u64; 4]) -> String {
+    let text = CLASSES
+        .iter()
+        .zip(counts)
+        .filter(|(_, count)| **count > 0)
+        .map(|((name, _), count)| format!("{count} {name}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    escape(&text)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::history::{FaultSpan, Record};
-    use raft_core::testing::linearizability::Op;
 
     fn history() -> HistoryFile {
         let record = |client, invoke_us, complete_us, outcome| Record {
@@ -293,7 +343,7 @@ mod tests {
                 kind: FaultKind::Partition,
                 label: "partition {1} | {2,3} <bridge>".into(),
                 start_us: 1_500_000,
-                end_us: 5_000_000,
+                end_us: 9_000_000,
                 succeeded: true,
                 detail: "a & b".into(),
             }],
@@ -306,7 +356,8 @@ mod tests {
         let svg = timeline(&history(), None);
         assert!(svg.starts_with("<svg"));
         assert!(svg.trim_end().ends_with("</svg>"));
-        for text in ["client 0", "client 1", "final reads", "faults", "admin", "indeterminate", "10 s"] {
+        for text in ["client 0", "client 1", "final reads", "faults", "admin", "indeterminate write", "10 s"]
+        {
             assert!(svg.contains(text), "missing {text:?}");
         }
         // Labels are escaped.
@@ -315,6 +366,51 @@ mod tests {
         assert!(!svg.contains("failing key"));
         // Both operation colours appear.
         assert!(svg.contains(CLASSES[0].1) && svg.contains(CLASSES[3].1));
+    }
+
+    #[test]
+    fn labels_that_do_not_fit_are_left_to_the_tooltip() {
+        let mut short = history();
+        short.faults[0].end_us = short.faults[0].start_us + 1;
+        short.faults[0].label = "a very long label that cannot fit".into();
+        let svg = timeline(&short, None);
+        assert!(!svg.contains(">a very long label that cannot fit</text>"));
+        assert!(svg.contains("<title>a very long label that cannot fit"));
+    }
+
+    #[test]
+    fn mixed_cells_are_stacked_bars() {
+        let mut mixed = history();
+        // Two operations in the same pixel column, one ok and one failed read.
+        mixed.records = vec![
+            Record {
+                client: 0,
+                node: 1,
+                key: 1,
+                op: Op::Read,
+                invoke_us: 0,
+                complete_us: Some(1),
+                outcome: Outcome::Read(None),
+                detail: String::new(),
+            },
+            Record {
+                client: 0,
+                node: 1,
+                key: 1,
+                op: Op::Read,
+                invoke_us: 2,
+                complete_us: Some(3),
+                outcome: Outcome::Indeterminate,
+                detail: String::new(),
+            },
+        ];
+        let svg = timeline(&mixed, None);
+        assert!(svg.contains("<title>1 ok, 1 not applied / read failed</title>"), "{svg}");
+        assert_eq!(
+            svg.matches(CLASSES[3].1).count(),
+            1,
+            "only the legend: a failed read is not an uncertain write"
+        );
     }
 
     #[test]
