@@ -7,7 +7,7 @@
 //!
 //! ```text
 //! cargo run --release -p raft-node --example bench_cluster -- \
-//!     --raft-node target/release/raft-node --seconds 10
+//!     --raft-node target/release/raft-node --seconds 10 --failover-trials 200
 //! ```
 //!
 //! It measures the machine's own floor first (4 KiB write + fdatasync, TCP
@@ -15,35 +15,60 @@
 //! at 1, 16, 64 and 256 connections (throughput, p50, p99), linearizable
 //! reads at 64 connections, and the leader's peak RSS after the
 //! 256-connection writes. Each connection is one HTTP/1.1 keep-alive
-//! connection with one request in flight, aimed at the leader. The report
-//! is printed as Markdown with the ratios to etcd.
+//! connection with one request in flight, aimed at the leader. Then, on a
+//! fresh cluster of each system with 150–300 ms election timeouts (15 ms
+//! heartbeats, pre-vote on), the failover time after `kill -9` of the
+//! leader over many trials (see `failover.rs`).
+//!
+//! The report is printed as Markdown with the ratios to etcd and written
+//! with SVG plots (throughput against connections, latency CDFs at 64
+//! connections, failover CDFs) into `--report-dir` (default
+//! `target/bench`).
 
-use std::fmt::Write as _;
+#[path = "bench_cluster/cluster.rs"]
+mod cluster;
+#[path = "bench_cluster/failover.rs"]
+mod failover;
+#[path = "bench_cluster/report.rs"]
+mod report;
+#[path = "../../raft-core/examples/support/svg.rs"]
+mod svg;
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use raft_core::types::NodeId;
-use raft_transport_quic::certs::ClusterCa;
-use raft_transport_quic::ClusterId;
+
+use cluster::{Cluster, Timing};
+use failover::FailoverResults;
 
 /// The value size of every write.
 const VALUE_BYTES: usize = 256;
 /// Keys each connection cycles through (bounds the state's size).
 const KEYS_PER_CONNECTION: u64 = 1_000;
+/// The failover phase's timing for both systems: 15 ms heartbeats and a
+/// 150 ms minimum election timeout, randomised in [150, 300) ms by both
+/// (raft-node's defaults).
+const FAILOVER_TIMING: Timing = Timing { heartbeat_ms: 15, election_timeout_ms: 150 };
 
 struct Options {
     raft_node: PathBuf,
     seconds: u64,
     connections: Vec<usize>,
     read_connections: usize,
+    failover_trials: usize,
     skip_etcd: bool,
+    skip_load: bool,
     work_dir: PathBuf,
+    report_dir: PathBuf,
 }
+
+const USAGE: &str = "usage: bench_cluster [--raft-node PATH] [--seconds N] [--connections 1,16,64,256] \
+                     [--read-connections 64] [--failover-trials 200] [--skip-load] [--skip-etcd] \
+                     [--work-dir DIR] [--report-dir DIR]";
 
 fn parse_options() -> Result<Options, String> {
     let mut options = Options {
@@ -51,8 +76,11 @@ fn parse_options() -> Result<Options, String> {
         seconds: 10,
         connections: vec![1, 16, 64, 256],
         read_connections: 64,
+        failover_trials: 200,
         skip_etcd: false,
+        skip_load: false,
         work_dir: PathBuf::from("target/bench-cluster"),
+        report_dir: PathBuf::from("target/bench"),
     };
     let mut arguments = std::env::args().skip(1);
     while let Some(argument) = arguments.next() {
@@ -70,15 +98,14 @@ fn parse_options() -> Result<Options, String> {
                 options.read_connections =
                     value()?.parse().map_err(|_| "--read-connections takes a number")?
             }
-            "--work-dir" => options.work_dir = PathBuf::from(value()?),
-            "--skip-etcd" => options.skip_etcd = true,
-            "--help" | "-h" => {
-                return Err(
-                    "usage: bench_cluster [--raft-node PATH] [--seconds N] [--connections 1,16,64,256] \
-                            [--read-connections 64] [--work-dir DIR] [--skip-etcd]"
-                        .into(),
-                )
+            "--failover-trials" => {
+                options.failover_trials = value()?.parse().map_err(|_| "--failover-trials takes a number")?
             }
+            "--work-dir" => options.work_dir = PathBuf::from(value()?),
+            "--report-dir" => options.report_dir = PathBuf::from(value()?),
+            "--skip-etcd" => options.skip_etcd = true,
+            "--skip-load" => options.skip_load = true,
+            "--help" | "-h" => return Err(USAGE.into()),
             other => return Err(format!("unknown argument {other:?} (try --help)")),
         }
     }
@@ -111,6 +138,8 @@ struct Figures {
     seconds: f64,
     p50_micros: u64,
     p99_micros: u64,
+    /// The latency distribution as (ms, percent) points, for plots.
+    latency_cdf_ms: Vec<(f64, f64)>,
 }
 
 impl Figures {
@@ -125,6 +154,29 @@ struct SystemResults {
     writes: Vec<(usize, Figures)>,
     reads: Figures,
     leader_peak_rss_bytes: u64,
+    failover: Option<FailoverResults>,
+}
+
+/// The machine's own figures, measured before the systems run.
+struct Machine {
+    fsync: Figures,
+    rtt: Figures,
+    load_average: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum System {
+    RaftNode,
+    Etcd,
+}
+
+impl System {
+    fn name(self) -> &'static str {
+        match self {
+            System::RaftNode => "raft-node",
+            System::Etcd => "etcd",
+        }
+    }
 }
 
 async fn run(options: Options) -> Result<String, String> {
@@ -132,33 +184,66 @@ async fn run(options: Options) -> Result<String, String> {
         std::fs::remove_dir_all(&options.work_dir).map_err(|e| format!("clearing the work dir: {e}"))?;
     }
     std::fs::create_dir_all(&options.work_dir).map_err(|e| format!("creating the work dir: {e}"))?;
+    let load_before = load_average();
     let fsync = fdatasync_latency(&options.work_dir.join("fsync-probe"))?;
     let rtt = tcp_round_trip()?;
     eprintln!("machine: fdatasync p50 {} µs, TCP loopback RTT p50 {} µs", fsync.p50_micros, rtt.p50_micros);
 
-    let raft = {
-        let cluster = RaftCluster::start(&options)?;
-        let results = measure(&options, &cluster.target()?, System::RaftNode, cluster.leader_pid()?).await?;
-        drop(cluster);
-        results
-    };
-    let etcd = if options.skip_etcd {
-        None
-    } else {
-        let cluster = EtcdCluster::start(&options)?;
-        let target = cluster.target().await?;
-        let pid = cluster.leader_pid(&target)?;
-        let results = measure(&options, &target, System::Etcd, pid).await?;
-        drop(cluster);
-        Some(results)
-    };
-    Ok(report(&options, &fsync, &rtt, &raft, etcd.as_ref()))
+    let mut raft = SystemResults::default();
+    let mut etcd = (!options.skip_etcd).then(SystemResults::default);
+    if !options.skip_load {
+        raft = measure_system(&options, System::RaftNode).await?;
+        if let Some(etcd) = etcd.as_mut() {
+            *etcd = measure_system(&options, System::Etcd).await?;
+        }
+    }
+    if options.failover_trials > 0 {
+        raft.failover = Some(measure_failover(&options, System::RaftNode).await?);
+        if let Some(etcd) = etcd.as_mut() {
+            etcd.failover = Some(measure_failover(&options, System::Etcd).await?);
+        }
+    }
+    let machine =
+        Machine { fsync, rtt, load_average: format!("{load_before} before, {} after", load_average()) };
+    let markdown = report::markdown(&options, &machine, &raft, etcd.as_ref());
+    report::write(&options, &markdown, &raft, etcd.as_ref())?;
+    Ok(markdown)
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum System {
-    RaftNode,
-    Etcd,
+/// Starts a fresh cluster of `system` with default settings and runs the
+/// load phase on it.
+async fn measure_system(options: &Options, system: System) -> Result<SystemResults, String> {
+    let directory = options.work_dir.join(system.name());
+    let cluster = match system {
+        System::RaftNode => Cluster::raft_node(&options.raft_node, &directory, None)?,
+        System::Etcd => Cluster::etcd(&directory, None)?,
+    };
+    let leader = cluster.agreed_leader(Duration::from_secs(30))?;
+    let pid = cluster.pid(leader).ok_or("the leader is not running")?;
+    measure(options, &cluster.client_urls[leader], system, pid).await
+}
+
+/// Starts a fresh cluster of `system` with the failover timing and runs
+/// the kill-and-restart trials on it.
+async fn measure_failover(options: &Options, system: System) -> Result<FailoverResults, String> {
+    let directory = options.work_dir.join(format!("{}-failover", system.name()));
+    let mut cluster = match system {
+        System::RaftNode => Cluster::raft_node(&options.raft_node, &directory, Some(FAILOVER_TIMING))?,
+        System::Etcd => Cluster::etcd(&directory, Some(FAILOVER_TIMING))?,
+    };
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(16);
+    failover::failover(&mut cluster, options.failover_trials, seed).await
+}
+
+/// The 1-minute load average, as /proc/loadavg writes it.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|text| text.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".into())
 }
 
 async fn measure(
@@ -167,7 +252,7 @@ async fn measure(
     system: System,
     leader_pid: u32,
 ) -> Result<SystemResults, String> {
-    let name = if system == System::RaftNode { "raft-node" } else { "etcd" };
+    let name = system.name();
     let mut results = SystemResults::default();
     let duration = Duration::from_secs(options.seconds);
     // A short warm-up: connections, allocator, the leader's first snapshot.
@@ -319,7 +404,15 @@ async fn load(
         seconds,
         p50_micros: percentile(&latencies, 0.50),
         p99_micros: percentile(&latencies, 0.99),
+        latency_cdf_ms: latency_cdf_ms(&latencies),
     })
+}
+
+/// The latency CDF in ms, thinned for a plot.
+fn latency_cdf_ms(sorted_micros: &[u32]) -> Vec<(f64, f64)> {
+    let step = sorted_micros.len().div_ceil(2_000).max(1);
+    let thinned: Vec<f64> = sorted_micros.iter().step_by(step).map(|&us| f64::from(us) / 1000.0).collect();
+    svg::cdf_points(&thinned, 300)
 }
 
 fn percentile(sorted: &[u32], quantile: f64) -> u64 {
@@ -414,269 +507,4 @@ fn peak_rss_bytes(pid: u32) -> Result<u64, String> {
         .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .map(|kib| kib * 1024)
         .ok_or_else(|| format!("no VmHWM for process {pid}"))
-}
-
-fn free_port() -> u16 {
-    loop {
-        let tcp = TcpListener::bind("127.0.0.1:0").expect("binding a loopback port");
-        let port = tcp.local_addr().expect("a bound address").port();
-        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-}
-
-/// Child processes killed when dropped.
-struct Processes(Vec<Child>);
-
-impl Drop for Processes {
-    fn drop(&mut self) {
-        for child in &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-struct RaftCluster {
-    processes: Processes,
-    client_urls: Vec<String>,
-}
-
-impl RaftCluster {
-    fn start(options: &Options) -> Result<RaftCluster, String> {
-        let directory = options.work_dir.join("raft-node");
-        let certs = directory.join("certs");
-        let cluster = ClusterId::new("bench").map_err(|e| e.to_string())?;
-        let ca = ClusterCa::generate(&cluster).map_err(|e| e.to_string())?;
-        ca.write_pem_files(&certs).map_err(|e| e.to_string())?;
-        let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
-        let members: Vec<String> = ports
-            .iter()
-            .enumerate()
-            .map(|(i, (client, peer))| format!("{}=127.0.0.1:{peer}=http://127.0.0.1:{client}", i + 1))
-            .collect();
-        // Every certificate first: writing a node's files rewrites the
-        // shared ca.pem, which a node already starting would read half-written.
-        for id in 1..=ports.len() as u64 {
-            ca.issue_node(NodeId(id), &["127.0.0.1".into()])
-                .and_then(|node| node.write_pem_files(&certs))
-                .map_err(|e| e.to_string())?;
-        }
-        let mut processes = Processes(Vec::new());
-        for (i, (client, peer)) in ports.iter().enumerate() {
-            let id = i as u64 + 1;
-            let log =
-                std::fs::File::create(directory.join(format!("node-{id}.log"))).map_err(|e| e.to_string())?;
-            let mut command = Command::new(&options.raft_node);
-            command
-                .arg("run")
-                .args(["--id", &id.to_string(), "--cluster-id", "bench"])
-                .arg("--data-dir")
-                .arg(directory.join(format!("node-{id}")))
-                .args(["--listen-client", &format!("127.0.0.1:{client}")])
-                .args(["--listen-peer", &format!("127.0.0.1:{peer}")])
-                .arg("--tls-ca")
-                .arg(certs.join("ca.pem"))
-                .arg("--tls-cert")
-                .arg(certs.join(format!("node-{id}.pem")))
-                .arg("--tls-key")
-                .arg(certs.join(format!("node-{id}.key")))
-                .arg("--bootstrap");
-            for member in &members {
-                command.args(["--initial-member", member]);
-            }
-            command.env("RAFT_LOG", "warn").stdout(Stdio::null()).stderr(log);
-            processes
-                .0
-                .push(command.spawn().map_err(|e| format!("starting {}: {e}", options.raft_node.display()))?);
-        }
-        let client_urls = ports.iter().map(|(client, _)| format!("http://127.0.0.1:{client}")).collect();
-        Ok(RaftCluster { processes, client_urls })
-    }
-
-    /// The leader's client URL, once all three agree on one.
-    fn target(&self) -> Result<String, String> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            let leaders: Vec<Option<u64>> = self.client_urls.iter().map(|url| raft_leader(url)).collect();
-            if let Some(Some(leader)) = leaders.first() {
-                if leaders.iter().all(|l| *l == Some(*leader)) {
-                    return Ok(self.client_urls[(*leader - 1) as usize].clone());
-                }
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Err("the raft-node cluster elected no leader within 30 s".into())
-    }
-
-    fn leader_pid(&self) -> Result<u32, String> {
-        let leader = raft_leader(&self.client_urls[0]).ok_or("no leader")?;
-        Ok(self.processes.0[(leader - 1) as usize].id())
-    }
-}
-
-/// The leader node 1..3 names, through a blocking HTTP GET of /v1/cluster.
-fn raft_leader(url: &str) -> Option<u64> {
-    let body = blocking_http(url, "GET", "/v1/cluster", "")?;
-    let status: serde_json::Value = serde_json::from_str(&body).ok()?;
-    status["leader"]["id"].as_u64()
-}
-
-/// A minimal HTTP/1.1 request for setup probes (the load itself goes
-/// through reqwest).
-fn blocking_http(url: &str, method: &str, path: &str, body: &str) -> Option<String> {
-    let address = url.strip_prefix("http://")?;
-    let mut stream = TcpStream::connect(address).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    if !response.starts_with("HTTP/1.1 200") {
-        return None;
-    }
-    response.split_once("\r\n\r\n").map(|(_, body)| body.to_string())
-}
-
-struct EtcdCluster {
-    processes: Processes,
-    client_urls: Vec<String>,
-}
-
-impl EtcdCluster {
-    fn start(options: &Options) -> Result<EtcdCluster, String> {
-        let directory = options.work_dir.join("etcd");
-        std::fs::create_dir_all(&directory).map_err(|e| e.to_string())?;
-        let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
-        let initial_cluster: Vec<String> = ports
-            .iter()
-            .enumerate()
-            .map(|(i, (_, peer))| format!("e{}=http://127.0.0.1:{peer}", i + 1))
-            .collect();
-        let mut processes = Processes(Vec::new());
-        for (i, (client, peer)) in ports.iter().enumerate() {
-            let name = format!("e{}", i + 1);
-            let log =
-                std::fs::File::create(directory.join(format!("{name}.log"))).map_err(|e| e.to_string())?;
-            let child = Command::new("etcd")
-                .args(["--name", &name])
-                .arg("--data-dir")
-                .arg(directory.join(&name))
-                .args(["--listen-client-urls", &format!("http://127.0.0.1:{client}")])
-                .args(["--advertise-client-urls", &format!("http://127.0.0.1:{client}")])
-                .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
-                .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{peer}")])
-                .args(["--initial-cluster", &initial_cluster.join(",")])
-                .args(["--initial-cluster-state", "new", "--initial-cluster-token", "bench"])
-                .args(["--log-level", "warn"])
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .map_err(|e| {
-                    format!("starting etcd: {e} (install it with apt-get install -y etcd-server, or pass --skip-etcd)")
-                })?;
-            processes.0.push(child);
-        }
-        let client_urls = ports.iter().map(|(client, _)| format!("http://127.0.0.1:{client}")).collect();
-        Ok(EtcdCluster { processes, client_urls })
-    }
-
-    /// The leader's client URL, from each member's status.
-    async fn target(&self) -> Result<String, String> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            for url in &self.client_urls {
-                let Some(body) = blocking_http(url, "POST", "/v3/maintenance/status", "{}") else { continue };
-                let Ok(status) = serde_json::from_str::<serde_json::Value>(&body) else { continue };
-                let member = status["header"]["member_id"].as_str().unwrap_or("");
-                let leader = status["leader"].as_str().unwrap_or("");
-                if !leader.is_empty() && leader != "0" && member == leader {
-                    return Ok(url.clone());
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        Err("the etcd cluster elected no leader within 30 s".into())
-    }
-
-    fn leader_pid(&self, target: &str) -> Result<u32, String> {
-        let index = self.client_urls.iter().position(|url| url == target).ok_or("unknown etcd leader")?;
-        Ok(self.processes.0[index].id())
-    }
-}
-
-fn report(
-    options: &Options,
-    fsync: &Figures,
-    rtt: &Figures,
-    raft: &SystemResults,
-    etcd: Option<&SystemResults>,
-) -> String {
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "Machine: {} cores; fdatasync (4 KiB) p50 {} µs, p99 {} µs; TCP loopback RTT p50 {} µs, p99 {} µs; \
-         {} s per point, 256-byte values, one request in flight per connection, aimed at the leader.\n",
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
-        fsync.p50_micros,
-        fsync.p99_micros,
-        rtt.p50_micros,
-        rtt.p99_micros,
-        options.seconds
-    );
-    let _ = writeln!(
-        out,
-        "| workload | raft-node ops/s | p50 µs | p99 µs | etcd ops/s | p50 µs | p99 µs | throughput ratio |"
-    );
-    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|");
-    let row = |out: &mut String, name: String, ours: &Figures, theirs: Option<&Figures>| {
-        let (their_rate, their_p50, their_p99, ratio) = match theirs {
-            Some(t) => (
-                format!("{:.0}", t.per_second()),
-                t.p50_micros.to_string(),
-                t.p99_micros.to_string(),
-                format!("{:.2}×", ours.per_second() / t.per_second().max(1e-9)),
-            ),
-            None => ("–".into(), "–".into(), "–".into(), "–".into()),
-        };
-        let _ = writeln!(
-            out,
-            "| {name} | {:.0} | {} | {} | {their_rate} | {their_p50} | {their_p99} | {ratio} |",
-            ours.per_second(),
-            ours.p50_micros,
-            ours.p99_micros
-        );
-    };
-    for (connections, ours) in &raft.writes {
-        let theirs = etcd.and_then(|e| e.writes.iter().find(|(c, _)| c == connections).map(|(_, f)| f));
-        row(&mut out, format!("write, {connections} connections"), ours, theirs);
-    }
-    row(
-        &mut out,
-        format!("linearizable read, {} connections", options.read_connections),
-        &raft.reads,
-        etcd.map(|e| &e.reads),
-    );
-    let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
-    let _ = writeln!(
-        out,
-        "\nLeader peak RSS after the write runs: raft-node {:.1} MiB{}.",
-        mib(raft.leader_peak_rss_bytes),
-        etcd.map(|e| format!(", etcd {:.1} MiB", mib(e.leader_peak_rss_bytes))).unwrap_or_default()
-    );
-    if let Some((_, single)) = raft.writes.iter().find(|(c, _)| *c == 1) {
-        let floor = fsync.p50_micros + rtt.p50_micros;
-        let _ = writeln!(
-            out,
-            "Single-connection write p50: {} µs = {:.2}× (fdatasync p50 + RTT p50 = {floor} µs).",
-            single.p50_micros,
-            single.p50_micros as f64 / floor.max(1) as f64
-        );
-    }
-    out
 }

@@ -52,11 +52,14 @@ tasks:
         for linearizability and lost acknowledged writes. Writes target/chaos/S/{report.md,timeline.svg,
         history.json,node-*.log}; exits non-zero on any violation. Re-check a history with
         `raft-chaos check history.json`.
-  bench [--seconds N] [--connections 1,16,64,256] [--read-connections 64] [--skip-etcd]
+  bench [--seconds N] [--connections 1,16,64,256] [--read-connections 64] [--failover-trials 200]
+        [--skip-load] [--skip-etcd] [--report-dir target/bench]
         build raft-node in release, then run a 3-node raft-node cluster and a 3-member etcd
         cluster (Debian: apt-get install etcd-server) one after the other, drive both with the
-        same HTTP load (256-byte writes, linearizable reads) and print a Markdown report with the
-        machine's fdatasync and loopback RTT, throughput, p50/p99, peak RSS and ratios to etcd
+        same HTTP load (256-byte writes, linearizable reads), then kill -9 each one's leader
+        over many trials (150-300 ms election timeouts); print a Markdown report with the
+        machine's fdatasync and loopback RTT, throughput, p50/p99, peak RSS, the failover
+        distribution and ratios to etcd, and write it with SVG plots into the report directory
   bench runtime [arguments of raft-core's runtime bench]
         the raft-core runtime benchmark (3 runtimes in one process, in-memory stores)
   figure16 [--trials 1000] [--variant both|engine|paper] [--tick-us 100] [--out target/figure16]
