@@ -106,6 +106,7 @@ async fn start_cluster() -> (Vec<RaftNode>, RaftNode) {
         let parts = Parts {
             log_store: Arc::new(MemoryLogStore::new()),
             snapshot_store: Arc::new(MemorySnapshotStore::new()),
+            checkpoint_store: Arc::new(raft_core::memory::MemoryCheckpointStore::new()),
             state_machine: Box::new(CountingStateMachine::default()),
             transport: Arc::new(transport),
             inbox,

@@ -74,5 +74,6 @@ pub mod types;
 pub use message::{Message, MessageBody};
 pub use protocol::{Config, Engine, Ready};
 pub use types::{
-    ClientRequestId, Entry, EntryPayload, HardState, LogIndex, Membership, NodeId, Role, SnapshotMeta, Term,
+    CheckpointOp, ClientRequestId, Entry, EntryPayload, HardState, LogIndex, Membership, NodeId, Role,
+    SnapshotMeta, Term,
 };

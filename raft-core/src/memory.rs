@@ -10,7 +10,10 @@ use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 
 use crate::protocol::RestoredState;
-use crate::storage::{LogStore, LogWrite, SnapshotReader, SnapshotStore, SnapshotWriter, StorageError};
+use crate::storage::{
+    CheckpointInfo, CheckpointMeta, CheckpointStore, CheckpointWriter, LogStore, LogWrite, SnapshotReader,
+    SnapshotStore, SnapshotWriter, StorageError,
+};
 use crate::types::{Entry, HardState, LogIndex, SnapshotMeta};
 
 #[derive(Debug, Default)]
@@ -300,5 +303,70 @@ mod tests {
             store.write(write(entries(102..=103))).await.expect("overwrite the last entry");
             assert_eq!(store.read_state().await.expect("read").entries, entries(101..=103));
         });
+    }
+}
+
+/// Finished checkpoints by name.
+type CheckpointMap = BTreeMap<String, (CheckpointInfo, Bytes)>;
+
+/// A checkpoint store in memory.
+#[derive(Debug, Default, Clone)]
+pub struct MemoryCheckpointStore {
+    checkpoints: Arc<Mutex<CheckpointMap>>,
+}
+
+impl MemoryCheckpointStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> Result<MutexGuard<'_, CheckpointMap>, StorageError> {
+        self.checkpoints.lock().map_err(|_| StorageError::Backend("the store's lock is poisoned".into()))
+    }
+}
+
+#[async_trait]
+impl CheckpointStore for MemoryCheckpointStore {
+    async fn create(&self, meta: CheckpointMeta) -> Result<Box<dyn CheckpointWriter>, StorageError> {
+        Ok(Box::new(MemoryCheckpointWriter { store: self.clone(), meta, data: BytesMut::new() }))
+    }
+
+    async fn open(&self, name: &str) -> Result<Box<dyn SnapshotReader>, StorageError> {
+        let checkpoints = self.lock()?;
+        let (info, data) = checkpoints
+            .get(name)
+            .cloned()
+            .ok_or_else(|| StorageError::CheckpointNotFound(name.to_string()))?;
+        Ok(Box::new(MemorySnapshotReader { meta: info.meta.snapshot, data }))
+    }
+
+    async fn list(&self) -> Result<Vec<CheckpointInfo>, StorageError> {
+        Ok(self.lock()?.values().map(|(info, _)| info.clone()).collect())
+    }
+
+    async fn delete(&self, name: &str) -> Result<(), StorageError> {
+        self.lock()?.remove(name);
+        Ok(())
+    }
+}
+
+struct MemoryCheckpointWriter {
+    store: MemoryCheckpointStore,
+    meta: CheckpointMeta,
+    data: BytesMut,
+}
+
+#[async_trait]
+impl CheckpointWriter for MemoryCheckpointWriter {
+    async fn write(&mut self, chunk: Bytes) -> Result<(), StorageError> {
+        self.data.extend_from_slice(&chunk);
+        Ok(())
+    }
+
+    async fn finish(self: Box<Self>, checksum: u32) -> Result<CheckpointInfo, StorageError> {
+        let info = CheckpointInfo { meta: self.meta, size_bytes: self.data.len() as u64, checksum };
+        self.store.lock()?.insert(info.meta.name.clone(), (info.clone(), self.data.freeze()));
+        Ok(info)
     }
 }

@@ -1,5 +1,6 @@
-//! The storage traits: a durable log with hard state ([`LogStore`]) and a
-//! store of snapshot files ([`SnapshotStore`]).
+//! The storage traits: a durable log with hard state ([`LogStore`]), a
+//! store of snapshot files ([`SnapshotStore`]) and a store of named
+//! checkpoints ([`CheckpointStore`]).
 //!
 //! Only raft-core defines these traits; storage crates implement them. Every
 //! implementation must pass the conformance suite in
@@ -10,6 +11,8 @@ use bytes::Bytes;
 
 use crate::protocol::RestoredState;
 use crate::types::{Entry, HardState, LogIndex, SnapshotMeta};
+
+use serde::{Deserialize, Serialize};
 
 /// Why a storage operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +44,9 @@ pub enum StorageError {
     /// The requested snapshot does not exist (any more).
     #[error("snapshot at index {0} not found")]
     SnapshotNotFound(LogIndex),
+    /// The requested checkpoint does not exist.
+    #[error("checkpoint {0:?} not found")]
+    CheckpointNotFound(String),
     /// A snapshot chunk arrived at the wrong offset.
     #[error("snapshot chunk at offset {offset}, expected {expected}")]
     ChunkOutOfOrder {
@@ -160,4 +166,71 @@ pub trait SnapshotReader: Send {
     /// Reads up to `max_bytes` at `offset`; returns the bytes and whether
     /// they reach the end of the snapshot.
     async fn read_at(&mut self, offset: u64, max_bytes: u64) -> Result<(Bytes, bool), StorageError>;
+}
+
+/// What identifies a checkpoint: its name and the snapshot it keeps (the
+/// index and term of the entry that created it, and the configuration in
+/// force there).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointMeta {
+    /// The checkpoint's name, unique in the cluster.
+    pub name: String,
+    /// The state machine snapshot's position: the checkpoint entry's index
+    /// and term.
+    pub snapshot: SnapshotMeta,
+    /// When the leader proposed the checkpoint, in milliseconds since the
+    /// Unix epoch.
+    pub created_unix_ms: u64,
+}
+
+/// A finished checkpoint, as listed by a [`CheckpointStore`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointInfo {
+    /// Name and position.
+    pub meta: CheckpointMeta,
+    /// Size of the state machine snapshot, in bytes.
+    pub size_bytes: u64,
+    /// CRC-32C of the snapshot's bytes, computed by the runtime while it
+    /// wrote them (so the same checkpoint has the same checksum on every
+    /// replica whose state machine snapshots deterministically).
+    pub checksum: u32,
+}
+
+/// Named checkpoints: state machine snapshots kept until deleted, out of
+/// reach of compaction.
+///
+/// Contract:
+/// - A writer's checkpoint becomes visible (in `list`, to `open`) only when
+///   `finish` returns, durably; one abandoned before leaves no trace once
+///   the store is reopened. Finishing a checkpoint replaces any other of
+///   the same name.
+/// - `open` of a listed checkpoint keeps working until it is deleted; a
+///   reader opened before a delete may keep working, at the
+///   implementation's choice.
+/// - `delete` of a name that does not exist succeeds.
+#[async_trait]
+pub trait CheckpointStore: Send + Sync + 'static {
+    /// Starts writing a checkpoint.
+    async fn create(&self, meta: CheckpointMeta) -> Result<Box<dyn CheckpointWriter>, StorageError>;
+
+    /// Opens a finished checkpoint; the reader's `meta` is the checkpoint's
+    /// snapshot metadata.
+    async fn open(&self, name: &str) -> Result<Box<dyn SnapshotReader>, StorageError>;
+
+    /// Every finished checkpoint, by name.
+    async fn list(&self) -> Result<Vec<CheckpointInfo>, StorageError>;
+
+    /// Deletes a checkpoint.
+    async fn delete(&self, name: &str) -> Result<(), StorageError>;
+}
+
+/// Writes one checkpoint, chunk by chunk.
+#[async_trait]
+pub trait CheckpointWriter: Send {
+    /// Appends bytes.
+    async fn write(&mut self, chunk: Bytes) -> Result<(), StorageError>;
+
+    /// Makes the checkpoint durable and visible, recording `checksum` (the
+    /// CRC-32C of everything written); returns what `list` will show.
+    async fn finish(self: Box<Self>, checksum: u32) -> Result<CheckpointInfo, StorageError>;
 }

@@ -107,6 +107,45 @@ pub enum EntryPayload {
     /// it is appended to that node's log, committed or not (Raft dissertation
     /// §4.1).
     Membership(Membership),
+    /// An operation on the cluster's named checkpoints, carried out by the
+    /// runtime on every replica when the entry is applied (see
+    /// [`crate::runtime`]). The engine treats it like a command.
+    Checkpoint(CheckpointOp),
+}
+
+/// A replicated operation on named checkpoints of the state machine.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum CheckpointOp {
+    /// Keep the state machine's snapshot at this entry's index under `name`.
+    Create {
+        /// The checkpoint's name.
+        name: String,
+        /// When the leader proposed it, in milliseconds since the Unix epoch
+        /// (informational; in the entry so every replica records the same).
+        created_unix_ms: u64,
+    },
+    /// Restore the state machine to the checkpoint `name`.
+    Rollback {
+        /// The checkpoint's name.
+        name: String,
+    },
+    /// Forget the checkpoint `name`.
+    Delete {
+        /// The checkpoint's name.
+        name: String,
+    },
+}
+
+impl CheckpointOp {
+    /// The checkpoint the operation names.
+    pub fn name(&self) -> &str {
+        match self {
+            CheckpointOp::Create { name, .. }
+            | CheckpointOp::Rollback { name }
+            | CheckpointOp::Delete { name } => name,
+        }
+    }
 }
 
 /// One log entry.
@@ -131,6 +170,7 @@ impl Entry {
                 EntryPayload::Blank => 0,
                 EntryPayload::Command { data, .. } => data.len() as u64,
                 EntryPayload::Membership(m) => 8 * m.node_count() as u64,
+                EntryPayload::Checkpoint(op) => op.name().len() as u64 + 8,
             }
     }
 }

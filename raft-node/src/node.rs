@@ -232,6 +232,10 @@ pub async fn start(
     let (log_store, snapshot_store) = raft_storage_redb::open_stores(&config.data_dir)
         .await
         .map_err(|source| NodeError::Storage { path: config.data_dir.clone(), source })?;
+    let checkpoint_directory = config.data_dir.join(raft_storage_redb::CHECKPOINT_DIRECTORY_NAME);
+    let checkpoint_store = raft_storage_redb::RedbCheckpointStore::open_async(&checkpoint_directory)
+        .await
+        .map_err(|source| NodeError::Storage { path: checkpoint_directory, source })?;
     let (state_machine, kv_view) = KvStateMachine::new(KvLimits::default());
 
     let (inbox, inbox_receiver) = Inbox::bounded(INBOX_CAPACITY);
@@ -275,6 +279,7 @@ pub async fn start(
     let parts = Parts {
         log_store: Arc::new(TimedLogStore::new(Arc::new(log_store), Arc::clone(&metrics))),
         snapshot_store: Arc::new(snapshot_store),
+        checkpoint_store: Arc::new(checkpoint_store),
         state_machine: Box::new(TimedStateMachine::new(state_machine, Arc::clone(&metrics))),
         transport: peer_transport,
         inbox: inbox_receiver,

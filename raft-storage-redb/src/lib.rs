@@ -27,6 +27,7 @@
 #![deny(missing_docs)]
 
 mod blocking;
+mod checkpoint_store;
 mod codec;
 mod log_store;
 mod log_tables;
@@ -39,6 +40,7 @@ use std::path::Path;
 
 use raft_core::storage::StorageError;
 
+pub use checkpoint_store::{RedbCheckpointStore, CHECKPOINT_DIRECTORY_NAME};
 pub use log_store::{LogStoreOptions, RedbLogStore, SpaceUsage, LOG_FORMAT_VERSION};
 pub use snapshot_file::SNAPSHOT_FORMAT_VERSION;
 pub use snapshot_store::RedbSnapshotStore;

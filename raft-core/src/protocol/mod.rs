@@ -61,8 +61,8 @@ pub use ready::{FailedRead, PersistId, ReadState, Ready, SnapshotChunkWrite, Sna
 use crate::message::{Message, MessageBody};
 pub use crate::types::ReadMode;
 use crate::types::{
-    ClientRequestId, Entry, EntryPayload, HardState, LogIndex, Membership, NodeId, ReadId, Role,
-    SnapshotMeta, Term,
+    CheckpointOp, ClientRequestId, Entry, EntryPayload, HardState, LogIndex, Membership, NodeId, ReadId,
+    Role, SnapshotMeta, Term,
 };
 use log::RaftLog;
 use progress::Progress;
@@ -675,6 +675,12 @@ impl Engine {
         client: Option<ClientRequestId>,
     ) -> Result<(Term, LogIndex), ProposeError> {
         self.propose_payload(EntryPayload::Command { client, data })
+    }
+
+    /// Proposes a checkpoint operation (see [`crate::runtime`]); like
+    /// [`Engine::propose`], only a leader accepts it.
+    pub fn propose_checkpoint(&mut self, op: CheckpointOp) -> Result<(Term, LogIndex), ProposeError> {
+        self.propose_payload(EntryPayload::Checkpoint(op))
     }
 
     /// Starts a linearizable read. The outcome arrives in a later

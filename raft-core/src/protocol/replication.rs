@@ -45,6 +45,7 @@ impl Engine {
         }
         let size = match payload {
             EntryPayload::Command { data, .. } => data.len() as u64 + 24,
+            EntryPayload::Checkpoint(op) => op.name().len() as u64 + 32,
             _ => 24,
         };
         let max = self.config.max_uncommitted_bytes;

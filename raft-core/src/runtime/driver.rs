@@ -8,6 +8,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::MissedTickBehavior;
 
 use super::apply::{ApplyEvent, ApplyJob, ApplyTask, Waiter};
+use super::checkpoints::{restore_snapshot, Catalog, Checkpoints};
 use super::proposals::Proposals;
 use super::storage::{StorageEvent, StorageJob, StorageTask};
 use super::{
@@ -81,13 +82,16 @@ impl Driver {
         commands: mpsc::Receiver<Command>,
         status: watch::Sender<NodeStatus>,
         clock: Arc<CoarseClock>,
+        catalog: Catalog,
     ) -> Result<Driver, StartError> {
-        let Parts { log_store, snapshot_store, mut state_machine, transport, inbox } = parts;
+        let Parts { log_store, snapshot_store, checkpoint_store, mut state_machine, transport, inbox } =
+            parts;
         let engine = super::restore_engine(&config, &mode, log_store.as_ref()).await?;
         let snapshot = engine.snapshot().clone();
+        let checkpoints = Checkpoints { store: checkpoint_store, catalog };
         if snapshot.last_index > LogIndex(0) {
-            let mut reader = snapshot_store.open(snapshot.last_index).await?;
-            state_machine.restore(reader.as_mut()).await?;
+            restore_snapshot(state_machine.as_mut(), snapshot_store.as_ref(), &checkpoints, &snapshot)
+                .await?;
         }
         let (events_sender, events) = mpsc::unbounded_channel();
         let (storage_jobs, storage_receiver) = mpsc::unbounded_channel();
@@ -109,6 +113,8 @@ impl Driver {
                 events: events_sender.clone(),
                 applied: (snapshot.last_index, snapshot.last_term),
                 membership: snapshot.membership.clone(),
+                checkpoints,
+                max_checkpoints: config.checkpoint_limits.max_count,
             }
             .run(),
         );
@@ -299,6 +305,12 @@ impl Driver {
                 self.snapshot_waiters.push((reply, deadline));
                 self.start_snapshot();
             }
+            Command::Checkpoint { op, reply, deadline } => match self.engine.propose_checkpoint(op) {
+                Ok((term, index)) => self.proposals.insert(term, index, reply, deadline),
+                Err(error) => {
+                    let _ = reply.send(Err(error.into()));
+                }
+            },
             Command::Campaign => self.engine.campaign_now(),
             Command::Shutdown => self.shutting_down = true,
         }

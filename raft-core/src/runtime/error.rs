@@ -1,5 +1,6 @@
 //! Errors of the runtime's operations.
 
+use super::checkpoints::CheckpointError;
 use crate::protocol::{MembershipError, ProposeError, ReadError, RestoreError, TransferError};
 use crate::state_machine::StateMachineError;
 use crate::storage::StorageError;
@@ -53,6 +54,9 @@ pub enum ClientError {
     /// The leadership transfer was refused.
     #[error(transparent)]
     Transfer(#[from] TransferError),
+    /// The checkpoint operation failed.
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
     /// The proposal's entry was replaced by another leader's: it was not
     /// applied and will not be.
     #[error("the proposal was lost to a leader change; it was not applied")]

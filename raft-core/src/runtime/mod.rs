@@ -11,11 +11,15 @@
 //!   already queued into one durable write (group commit), and reports each
 //!   back so the engine can send the acknowledgements it held;
 //! - the **apply task** applies committed entries, answers reads and builds
-//!   snapshots, so a slow state machine never delays heartbeats.
+//!   snapshots, so a slow state machine never delays heartbeats. It also
+//!   carries out the replicated checkpoint operations (named snapshots kept
+//!   until deleted, and rollback to them) in log order: see
+//!   [`checkpoints`].
 //!
 //! [`RaftNode`] is the cloneable handle clients use.
 
 mod apply;
+pub mod checkpoints;
 mod driver;
 mod error;
 mod proposals;
@@ -30,14 +34,15 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+pub use checkpoints::{CheckpointError, CheckpointLimits};
 pub use error::{ClientError, StartError};
 
 use crate::message::Message;
 use crate::protocol::{Config, Engine, EngineStats, MembershipChange};
 use crate::state_machine::StateMachine;
-use crate::storage::{LogStore, SnapshotStore};
+use crate::storage::{CheckpointInfo, CheckpointStore, LogStore, SnapshotReader, SnapshotStore};
 use crate::transport::Transport;
-use crate::types::{ClientRequestId, LogIndex, Membership, NodeId, Role, SnapshotMeta, Term};
+use crate::types::{CheckpointOp, ClientRequestId, LogIndex, Membership, NodeId, Role, SnapshotMeta, Term};
 
 /// When the runtime takes a snapshot of the state machine.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -76,6 +81,8 @@ pub struct RuntimeConfig {
     /// write already committed and queued for the state machine is answered
     /// when it is applied.
     pub request_timeout: Duration,
+    /// Bounds of the retained checkpoints.
+    pub checkpoint_limits: CheckpointLimits,
 }
 
 impl RuntimeConfig {
@@ -89,6 +96,7 @@ impl RuntimeConfig {
             max_inputs_per_batch: 4_096,
             snapshot_policy: SnapshotPolicy::default(),
             request_timeout: Duration::from_secs(5),
+            checkpoint_limits: CheckpointLimits::default(),
         }
     }
 }
@@ -219,6 +227,11 @@ enum Command {
         reply: oneshot::Sender<Result<SnapshotMeta, ClientError>>,
         deadline: Deadline,
     },
+    Checkpoint {
+        op: CheckpointOp,
+        reply: oneshot::Sender<Result<Committed, ClientError>>,
+        deadline: Deadline,
+    },
     Campaign,
     Shutdown,
 }
@@ -240,6 +253,8 @@ pub struct Parts {
     pub log_store: Arc<dyn LogStore>,
     /// Snapshot files.
     pub snapshot_store: Arc<dyn SnapshotStore>,
+    /// Named checkpoints.
+    pub checkpoint_store: Arc<dyn CheckpointStore>,
     /// The replicated state machine.
     pub state_machine: Box<dyn StateMachine>,
     /// Outgoing messages.
@@ -249,7 +264,7 @@ pub struct Parts {
 }
 
 /// A cloneable handle to a running node.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct RaftNode {
     id: NodeId,
     commands: mpsc::Sender<Command>,
@@ -259,6 +274,18 @@ pub struct RaftNode {
     /// The clock deadlines are set on, and the lag it may have.
     clock: Arc<CoarseClock>,
     tick_interval: Duration,
+    catalog: checkpoints::Catalog,
+    checkpoint_store: Arc<dyn CheckpointStore>,
+    checkpoint_limits: CheckpointLimits,
+}
+
+impl std::fmt::Debug for RaftNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RaftNode")
+            .field("id", &self.id)
+            .field("status", &*self.status.borrow())
+            .finish_non_exhaustive()
+    }
 }
 
 impl RaftNode {
@@ -273,9 +300,19 @@ impl RaftNode {
         let (commands, command_receiver) = mpsc::channel(config.max_queued_commands.max(1));
         let initial = NodeStatus { id, ..NodeStatus::default() };
         let (status_sender, status) = watch::channel(initial);
-        let driver =
-            driver::Driver::start(config, mode, parts, command_receiver, status_sender, Arc::clone(&clock))
-                .await?;
+        let catalog = checkpoints::Catalog::default();
+        let checkpoint_store = Arc::clone(&parts.checkpoint_store);
+        let checkpoint_limits = config.checkpoint_limits.clone();
+        let driver = driver::Driver::start(
+            config,
+            mode,
+            parts,
+            command_receiver,
+            status_sender,
+            Arc::clone(&clock),
+            catalog.clone(),
+        )
+        .await?;
         let handle = tokio::spawn(driver.run());
         Ok(RaftNode {
             id,
@@ -285,6 +322,9 @@ impl RaftNode {
             request_timeout,
             clock,
             tick_interval,
+            catalog,
+            checkpoint_store,
+            checkpoint_limits,
         })
     }
 
@@ -324,6 +364,98 @@ impl RaftNode {
     /// Takes a snapshot now.
     pub async fn trigger_snapshot(&self) -> Result<SnapshotMeta, ClientError> {
         self.request(|reply, deadline| Command::TriggerSnapshot { reply, deadline }).await
+    }
+
+    /// Creates the checkpoint `name`: commits a checkpoint entry; every
+    /// replica that applies it keeps the state machine's snapshot at exactly
+    /// that index until it is deleted. Resolves once the checkpoint is
+    /// durable on this node (the leader), with its figures.
+    ///
+    /// Fails with [`CheckpointError::AlreadyExists`] for a name in use,
+    /// [`CheckpointError::TooMany`] or [`CheckpointError::TooLarge`] past
+    /// the [`CheckpointLimits`], and like [`RaftNode::propose`] otherwise.
+    pub async fn checkpoint(&self, name: &str) -> Result<CheckpointInfo, ClientError> {
+        checkpoints::validate_name(name)?;
+        if self.status.borrow().role == Some(Role::Leader) {
+            // Early answers on the leader; the applied entry decides for good.
+            if self.catalog.contains(name) {
+                return Err(CheckpointError::AlreadyExists(name.to_string()).into());
+            }
+            let limits = &self.checkpoint_limits;
+            let count = self.catalog.count();
+            if count >= limits.max_count {
+                return Err(CheckpointError::TooMany { count, max_count: limits.max_count }.into());
+            }
+            let total_bytes = self.catalog.total_bytes();
+            if total_bytes >= limits.max_total_bytes {
+                return Err(CheckpointError::TooLarge {
+                    total_bytes,
+                    max_total_bytes: limits.max_total_bytes,
+                }
+                .into());
+            }
+        }
+        let created_unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, millis);
+        let op = CheckpointOp::Create { name: name.to_string(), created_unix_ms };
+        let committed = self.request(|reply, deadline| Command::Checkpoint { op, reply, deadline }).await?;
+        self.catalog.ready_at(name, committed.index).ok_or_else(|| {
+            ClientError::Checkpoint(CheckpointError::Storage(format!(
+                "checkpoint {name:?} was committed at index {} but is not durable here",
+                committed.index
+            )))
+        })
+    }
+
+    /// Rolls the state machine back to the checkpoint `name`: commits a
+    /// rollback entry; every replica that applies it restores the
+    /// checkpoint's state atomically, and entries committed after it apply
+    /// on top. Resolves once applied here. Fails with
+    /// [`CheckpointError::NotFound`] for an unknown name.
+    pub async fn rollback(&self, name: &str) -> Result<Committed, ClientError> {
+        checkpoints::validate_name(name)?;
+        let op = CheckpointOp::Rollback { name: name.to_string() };
+        self.request(|reply, deadline| Command::Checkpoint { op, reply, deadline }).await
+    }
+
+    /// Deletes the checkpoint `name` on every replica (a committed entry).
+    pub async fn delete_checkpoint(&self, name: &str) -> Result<Committed, ClientError> {
+        checkpoints::validate_name(name)?;
+        let op = CheckpointOp::Delete { name: name.to_string() };
+        self.request(|reply, deadline| Command::Checkpoint { op, reply, deadline }).await
+    }
+
+    /// The checkpoints durable on this node, by name, as of its applied
+    /// index.
+    pub fn list_checkpoints(&self) -> Vec<CheckpointInfo> {
+        self.catalog.list()
+    }
+
+    /// Opens a checkpoint durable on this node, to read its bytes (the state
+    /// machine's snapshot format), for example to export it.
+    pub async fn open_checkpoint(&self, name: &str) -> Result<Box<dyn SnapshotReader>, ClientError> {
+        checkpoints::validate_name(name)?;
+        if self.catalog.ready_at(name, self.list_index(name)).is_none() {
+            return Err(CheckpointError::NotFound(name.to_string()).into());
+        }
+        self.checkpoint_store
+            .open(name)
+            .await
+            .map_err(|error| ClientError::Checkpoint(CheckpointError::Storage(error.to_string())))
+    }
+
+    /// The index of the last rollback this node applied since it started.
+    pub fn last_rollback_index(&self) -> Option<LogIndex> {
+        self.catalog.last_rollback_index()
+    }
+
+    fn list_index(&self, name: &str) -> LogIndex {
+        self.catalog
+            .list()
+            .into_iter()
+            .find(|info| info.meta.name == name)
+            .map_or(LogIndex(0), |info| info.meta.snapshot.last_index)
     }
 
     /// Starts an election now (tests and operators).

@@ -1,6 +1,7 @@
 //! The tokio runtime with in-memory stores over the in-process network:
 //! elections, replication, reads of each consistency, restarts, snapshots
-//! sent to a lagging node, membership changes and leadership transfer.
+//! sent to a lagging node, membership changes, leadership transfer, and
+//! checkpoints with rollback.
 //!
 //! Tests wait on the nodes' status watches, never on sleeps.
 
@@ -13,7 +14,8 @@ use raft_core::local::LocalNetwork;
 use raft_core::memory::{MemoryLogStore, MemorySnapshotStore};
 use raft_core::protocol::MembershipChange;
 use raft_core::runtime::{
-    ClientError, NodeStatus, Parts, RaftNode, ReadConsistency, RuntimeConfig, SnapshotPolicy, StartMode,
+    CheckpointError, CheckpointLimits, ClientError, NodeStatus, Parts, RaftNode, ReadConsistency,
+    RuntimeConfig, SnapshotPolicy, StartMode,
 };
 use raft_core::testing::client::read_retrying;
 use raft_core::testing::map_state_machine::MapStateMachine;
@@ -24,6 +26,7 @@ use raft_core::types::{Membership, NodeId, Role};
 struct Disk {
     log: MemoryLogStore,
     snapshots: MemorySnapshotStore,
+    checkpoints: raft_core::memory::MemoryCheckpointStore,
 }
 
 struct TestCluster {
@@ -31,6 +34,8 @@ struct TestCluster {
     disks: BTreeMap<u64, Disk>,
     nodes: BTreeMap<u64, RaftNode>,
     snapshot_after_entries: u64,
+    /// Checkpoint bounds other than the defaults.
+    limits: Option<CheckpointLimits>,
 }
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -46,6 +51,7 @@ impl TestCluster {
             disks: BTreeMap::new(),
             nodes: BTreeMap::new(),
             snapshot_after_entries,
+            limits: None,
         };
         let membership = Membership::with_voters(voters.iter().map(|id| NodeId(*id)));
         for id in voters {
@@ -63,6 +69,9 @@ impl TestCluster {
         config.engine.promotion_max_lag_entries = 10;
         config.snapshot_policy = SnapshotPolicy { max_log_entries: self.snapshot_after_entries };
         config.request_timeout = Duration::from_secs(10);
+        if let Some(limits) = &self.limits {
+            config.checkpoint_limits = limits.clone();
+        }
         config
     }
 
@@ -72,6 +81,7 @@ impl TestCluster {
         let parts = Parts {
             log_store: Arc::new(disk.log),
             snapshot_store: Arc::new(disk.snapshots),
+            checkpoint_store: Arc::new(disk.checkpoints),
             state_machine: Box::new(MapStateMachine::default()),
             transport: Arc::new(transport),
             inbox,
@@ -244,5 +254,170 @@ async fn membership_changes_and_leadership_transfer() {
         assert_eq!(cluster.read(*id, "x", ReadConsistency::Linearizable).await.unwrap(), "2");
     }
     cluster.stop(leader).await;
+    cluster.shutdown().await;
+}
+
+/// The value of `key` on node `id` as it is now (no leader needed).
+async fn stale(cluster: &TestCluster, id: u64, key: &str) -> String {
+    cluster.read(id, key, ReadConsistency::Stale).await.unwrap()
+}
+
+/// Waits until every given node applied what the leader applied. The
+/// leader's status is published on ticks, so it is first brought up to
+/// date with a write.
+async fn settle(cluster: &TestCluster, leader: u64, ids: &[u64]) {
+    let marker = cluster.nodes[&leader].propose(Bytes::from_static(b"settle=1"), None).await.unwrap();
+    cluster.wait_applied_everywhere(ids, marker.index).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_restores_every_replica_to_the_checkpoint_and_later_writes_apply_on_top() {
+    let cluster = TestCluster::bootstrap(&[1, 2, 3]).await;
+    let leader = cluster.wait_for_leader(&[1, 2, 3]).await;
+    let raft = &cluster.nodes[&leader];
+    cluster.put(leader, "a", "1").await;
+    cluster.put(leader, "b", "1").await;
+    let info = raft.checkpoint("good").await.expect("the checkpoint is taken");
+    assert_eq!(info.meta.name, "good");
+    assert!(info.size_bytes > 0);
+    cluster.put(leader, "a", "2").await;
+    cluster.put(leader, "c", "2").await;
+
+    // Errors are decided the same way everywhere and say what is wrong.
+    let duplicate = raft.checkpoint("good").await.unwrap_err();
+    assert_eq!(duplicate, ClientError::Checkpoint(CheckpointError::AlreadyExists("good".into())));
+    let unknown = raft.rollback("missing").await.unwrap_err();
+    assert_eq!(unknown, ClientError::Checkpoint(CheckpointError::NotFound("missing".into())));
+    assert!(matches!(
+        raft.checkpoint("../etc").await,
+        Err(ClientError::Checkpoint(CheckpointError::InvalidName { .. }))
+    ));
+
+    let rollback = raft.rollback("good").await.expect("the rollback commits");
+    assert!(rollback.index > info.meta.snapshot.last_index);
+    cluster.put(leader, "d", "3").await;
+    settle(&cluster, leader, &[1, 2, 3]).await;
+    for id in [1, 2, 3] {
+        assert_eq!(stale(&cluster, id, "a").await, "1", "node {id}: a is back to its checkpointed value");
+        assert_eq!(stale(&cluster, id, "b").await, "1", "node {id}");
+        assert_eq!(stale(&cluster, id, "c").await, "", "node {id}: c did not exist at the checkpoint");
+        assert_eq!(
+            stale(&cluster, id, "d").await,
+            "3",
+            "node {id}: the write after the rollback applies on top"
+        );
+        let names: Vec<String> =
+            cluster.nodes[&id].list_checkpoints().into_iter().map(|i| i.meta.name).collect();
+        assert_eq!(names, ["good"], "node {id}");
+        assert_eq!(
+            cluster.nodes[&id].list_checkpoints()[0],
+            info,
+            "node {id}: same checkpoint, same checksum"
+        );
+        assert_eq!(cluster.nodes[&id].last_rollback_index(), Some(rollback.index), "node {id}");
+    }
+
+    let deleted = raft.delete_checkpoint("good").await.expect("the delete commits");
+    cluster.wait_applied_everywhere(&[1, 2, 3], deleted.index).await;
+    for id in [1, 2, 3] {
+        assert!(cluster.nodes[&id].list_checkpoints().is_empty(), "node {id}");
+    }
+    let gone = raft.rollback("good").await.unwrap_err();
+    assert_eq!(gone, ClientError::Checkpoint(CheckpointError::NotFound("good".into())));
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_checkpoint_count_is_bounded() {
+    let mut cluster = TestCluster::bootstrap(&[1]).await;
+    cluster.stop(1).await;
+    cluster.limits = Some(CheckpointLimits { max_count: 2, ..CheckpointLimits::default() });
+    cluster.start(1, StartMode::Restart).await;
+    let leader = cluster.wait_for_leader(&[1]).await;
+    let raft = &cluster.nodes[&leader];
+    raft.checkpoint("one").await.unwrap();
+    raft.checkpoint("two").await.unwrap();
+    let refused = raft.checkpoint("three").await.unwrap_err();
+    assert_eq!(refused, ClientError::Checkpoint(CheckpointError::TooMany { count: 2, max_count: 2 }));
+    assert!(refused.to_string().contains("max_count 2"), "{refused}");
+    raft.delete_checkpoint("one").await.unwrap();
+    raft.checkpoint("three").await.expect("room again after a delete");
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_node_catches_up_across_a_rollback_and_gets_the_checkpoint_by_snapshot() {
+    let cluster = TestCluster::bootstrap_with(&[1, 2, 3], 20).await;
+    let leader = cluster.wait_for_leader(&[1, 2, 3]).await;
+    let lagging = [1, 2, 3].into_iter().find(|id| *id != leader).unwrap();
+    let raft = &cluster.nodes[&leader];
+    cluster.put(leader, "k", "checkpointed").await;
+    raft.checkpoint("base").await.unwrap();
+    cluster.network.isolate(NodeId(lagging));
+    for i in 0..60 {
+        cluster.put(leader, "k", &format!("later-{i}")).await;
+    }
+    raft.rollback("base").await.unwrap();
+    for i in 0..60 {
+        cluster.put(leader, &format!("after-{i}"), "x").await;
+    }
+    let rollback_index = cluster.nodes[&leader].last_rollback_index().unwrap();
+    cluster.wait_for(leader, "a snapshot after the rollback", |s| s.snapshot_index > rollback_index).await;
+    cluster.network.heal();
+    settle(&cluster, leader, &[1, 2, 3]).await;
+    let status = cluster.nodes[&lagging].status().borrow().clone();
+    assert!(status.snapshot_index > rollback_index, "the lagging node installed a snapshot: {status:?}");
+    assert_eq!(stale(&cluster, lagging, "k").await, "checkpointed");
+    assert_eq!(stale(&cluster, lagging, "after-59").await, "x");
+    // The checkpoint came with the snapshot, so a later rollback works on
+    // the lagging node like everywhere else.
+    assert_eq!(cluster.nodes[&lagging].list_checkpoints(), raft.list_checkpoints());
+    cluster.put(leader, "k", "changed-again").await;
+    raft.rollback("base").await.unwrap();
+    settle(&cluster, leader, &[1, 2, 3]).await;
+    for id in [1, 2, 3] {
+        assert_eq!(stale(&cluster, id, "k").await, "checkpointed", "node {id}");
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_nodes_keep_their_checkpoints() {
+    let mut cluster = TestCluster::bootstrap_with(&[1, 2, 3], 20).await;
+    let leader = cluster.wait_for_leader(&[1, 2, 3]).await;
+    cluster.put(leader, "k", "v1").await;
+    let early = cluster.nodes[&leader].checkpoint("early").await.unwrap();
+    for i in 0..40 {
+        cluster.put(leader, &format!("filler-{i}"), "x").await;
+    }
+    // One checkpoint before the last snapshot, one after it.
+    cluster.wait_for(leader, "a snapshot", |s| s.snapshot_index > early.meta.snapshot.last_index).await;
+    cluster.put(leader, "k", "v2").await;
+    let late = cluster.nodes[&leader].checkpoint("late").await.unwrap();
+    cluster.put(leader, "k", "v3").await;
+    settle(&cluster, leader, &[1, 2, 3]).await;
+    for id in [1, 2, 3] {
+        cluster.stop(id).await;
+    }
+    for id in [1, 2, 3] {
+        cluster.start(id, StartMode::Restart).await;
+    }
+    let leader = cluster.wait_for_leader(&[1, 2, 3]).await;
+    cluster.put(leader, "after-restart", "y").await;
+    settle(&cluster, leader, &[1, 2, 3]).await;
+    for id in [1, 2, 3] {
+        assert_eq!(cluster.nodes[&id].list_checkpoints(), vec![early.clone(), late.clone()], "node {id}");
+    }
+    cluster.nodes[&leader].rollback("late").await.unwrap();
+    settle(&cluster, leader, &[1, 2, 3]).await;
+    for id in [1, 2, 3] {
+        assert_eq!(stale(&cluster, id, "k").await, "v2", "node {id}");
+    }
+    cluster.nodes[&leader].rollback("early").await.unwrap();
+    settle(&cluster, leader, &[1, 2, 3]).await;
+    for id in [1, 2, 3] {
+        assert_eq!(stale(&cluster, id, "k").await, "v1", "node {id}");
+        assert_eq!(stale(&cluster, id, "filler-0").await, "", "node {id}");
+    }
     cluster.shutdown().await;
 }

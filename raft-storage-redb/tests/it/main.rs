@@ -1,6 +1,7 @@
 //! The crate's integration tests, in one binary (see `DEPENDENCIES.md`:
 //! each test binary costs a link of the whole stack).
 
+mod checkpoints;
 mod conformance;
 mod corruption;
 mod crash;

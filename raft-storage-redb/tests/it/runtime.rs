@@ -49,9 +49,15 @@ impl Cluster {
         config.engine.snapshot_trailing_entries = 5;
         config.engine.snapshot_chunk_bytes = 100;
         config.snapshot_policy = SnapshotPolicy { max_log_entries: 30 };
+        let checkpoints = raft_storage_redb::RedbCheckpointStore::open_async(
+            self.directories[&id].join(raft_storage_redb::CHECKPOINT_DIRECTORY_NAME),
+        )
+        .await
+        .expect("the checkpoint store opens");
         let parts = Parts {
             log_store: Arc::new(log),
             snapshot_store: Arc::new(snapshots),
+            checkpoint_store: Arc::new(checkpoints),
             state_machine: Box::new(MapStateMachine::default()),
             transport: Arc::new(transport),
             inbox,

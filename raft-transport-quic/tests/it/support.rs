@@ -152,6 +152,7 @@ impl HeartbeatLog {
 struct Disk {
     log: MemoryLogStore,
     snapshots: MemorySnapshotStore,
+    checkpoints: raft_core::memory::MemoryCheckpointStore,
 }
 
 pub struct Node {
@@ -242,6 +243,7 @@ impl QuicCluster {
         let parts = Parts {
             log_store: Arc::new(disk.log),
             snapshot_store: Arc::new(disk.snapshots),
+            checkpoint_store: Arc::new(disk.checkpoints),
             state_machine: Box::new(MapStateMachine::with_ballast(self.ballast_bytes)),
             transport: Arc::new(transport.clone()),
             inbox: runtime_receiver,

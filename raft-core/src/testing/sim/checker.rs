@@ -23,7 +23,7 @@ use super::kv::{hash_word, HASH_START};
 use super::{Property, Violation};
 use crate::message::{Message, MessageBody, VoteKind};
 use crate::protocol::Engine;
-use crate::types::{Entry, EntryPayload, HardState, LogIndex, NodeId, Role, Term};
+use crate::types::{CheckpointOp, Entry, EntryPayload, HardState, LogIndex, NodeId, Role, Term};
 
 /// A committed entry as first seen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -97,6 +97,15 @@ pub fn payload_hash(payload: &EntryPayload) -> u64 {
                 hash = hash_word(hash, u64::MAX);
             }
             hash
+        }
+        EntryPayload::Checkpoint(op) => {
+            let (kind, name) = match op {
+                CheckpointOp::Create { name, created_unix_ms } => (13 ^ created_unix_ms.rotate_left(8), name),
+                CheckpointOp::Rollback { name } => (14, name),
+                CheckpointOp::Delete { name } => (15, name),
+            };
+            let hash = hash_word(HASH_START, kind);
+            name.bytes().fold(hash, |hash, byte| hash_word(hash, u64::from(byte)))
         }
     }
 }

@@ -79,6 +79,7 @@ async fn a_node_cut_off_catches_up_from_a_snapshot_and_all_agree_on_the_digest()
         let parts = Parts {
             log_store: Arc::new(MemoryLogStore::new()),
             snapshot_store: Arc::new(MemorySnapshotStore::new()),
+            checkpoint_store: Arc::new(raft_core::memory::MemoryCheckpointStore::new()),
             state_machine: Box::new(state_machine),
             transport: Arc::new(transport),
             inbox,
