@@ -197,7 +197,17 @@ pub(crate) struct BlockWriter {
     pending: Vec<u8>,
     next_block: u64,
     data_bytes: u64,
+    /// Bytes written since the file was last synced.
+    unsynced_bytes: u64,
 }
+
+/// A snapshot or checkpoint file is synced every this many bytes while it
+/// is written. Left to the end, the kernel would hold up to the whole file
+/// (a gigabyte or more) as dirty pages and write them in one burst when
+/// the file is finished; the log's fsyncs would then queue behind that
+/// burst, and client writes with them. Syncing as it goes keeps the burst
+/// to this size.
+const SYNC_EVERY_BYTES: u64 = 8 << 20;
 
 impl BlockWriter {
     /// A writer positioned after the header, which is written here.
@@ -208,6 +218,7 @@ impl BlockWriter {
             pending: Vec::with_capacity(BLOCK_BYTES as usize + CHECKSUM_BYTES as usize),
             next_block: 0,
             data_bytes: 0,
+            unsynced_bytes: 0,
         })
     }
 
@@ -230,8 +241,13 @@ impl BlockWriter {
         let checksum = block_checksum(self.next_block, &self.pending);
         self.pending.extend_from_slice(&checksum.to_le_bytes());
         self.file.write_all(&self.pending)?;
+        self.unsynced_bytes += self.pending.len() as u64;
         self.pending.clear();
         self.next_block += 1;
+        if self.unsynced_bytes >= SYNC_EVERY_BYTES {
+            self.file.sync_data()?;
+            self.unsynced_bytes = 0;
+        }
         Ok(())
     }
 
