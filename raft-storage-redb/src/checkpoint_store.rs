@@ -20,7 +20,7 @@ use raft_core::storage::{
 
 use crate::blocking::{guard_panics, run_blocking};
 use crate::log_store::sync_directory;
-use crate::snapshot_store::RedbSnapshotStore;
+use crate::snapshot_store::{create_directory, RedbSnapshotStore};
 
 /// The checkpoint directory's name inside a node's data directory.
 pub const CHECKPOINT_DIRECTORY_NAME: &str = "checkpoints";
@@ -107,12 +107,7 @@ impl Shared {
 }
 
 fn scan_directory(directory: &Path) -> Result<Finished, StorageError> {
-    if !directory.exists() {
-        fs::create_dir_all(directory)?;
-        if let Some(parent) = directory.parent().filter(|parent| !parent.as_os_str().is_empty()) {
-            sync_directory(parent)?;
-        }
-    }
+    create_directory(directory)?;
     let mut finished = BTreeMap::new();
     let mut removed = false;
     for item in fs::read_dir(directory)? {

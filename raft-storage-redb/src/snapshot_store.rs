@@ -97,14 +97,21 @@ impl RedbSnapshotStore {
     }
 }
 
-/// Cleans up after crashed writers and lists the finished snapshots.
-fn scan_directory(directory: &Path) -> Result<BTreeMap<LogIndex, SnapshotMeta>, StorageError> {
+/// Creates a store's directory if it does not exist, durably (its parent
+/// is synced, so the new directory survives a crash).
+pub(crate) fn create_directory(directory: &Path) -> Result<(), StorageError> {
     if !directory.exists() {
         fs::create_dir_all(directory)?;
         if let Some(parent) = directory.parent().filter(|parent| !parent.as_os_str().is_empty()) {
             sync_directory(parent)?;
         }
     }
+    Ok(())
+}
+
+/// Cleans up after crashed writers and lists the finished snapshots.
+fn scan_directory(directory: &Path) -> Result<BTreeMap<LogIndex, SnapshotMeta>, StorageError> {
+    create_directory(directory)?;
     let mut finished = BTreeMap::new();
     let mut removed_partial = false;
     for item in fs::read_dir(directory)? {
