@@ -208,6 +208,15 @@ metric_names! {
     /// Histogram: time to create or install a snapshot.
     SNAPSHOT_DURATION_SECONDS = "raft_snapshot_duration_seconds", Histogram, Some(Unit::Seconds), [OPERATION], "Time to create or install a snapshot (label operation), in seconds.";
 
+    // --- Checkpoints ---
+    /// Gauge: named checkpoints durable on this node.
+    CHECKPOINTS = "raft_checkpoints", Gauge, Some(Unit::Count), [], "Named checkpoints durable on this node.";
+    /// Gauge: bytes of the checkpoints durable on this node.
+    CHECKPOINT_BYTES = "raft_checkpoint_bytes", Gauge, Some(Unit::Bytes), [], "Total size of the named checkpoints durable on this node, in bytes.";
+    /// Gauge: the log index of the last rollback applied (0 for none since
+    /// the process started).
+    CHECKPOINT_LAST_ROLLBACK_INDEX = "raft_checkpoint_last_rollback_index", Gauge, None, [], "The log index of the last rollback to a checkpoint this node applied since it started, 0 for none.";
+
     // --- Reads ---
     /// Histogram: time to confirm a linearizable read (ReadIndex).
     READ_INDEX_SECONDS = "raft_read_index_seconds", Histogram, Some(Unit::Seconds), [], "Time to confirm a ReadIndex read with a quorum, in seconds.";

@@ -7,7 +7,8 @@ use std::time::Duration;
 use metrics::{counter, gauge, histogram};
 use raft_core::protocol::EngineStats;
 use raft_core::runtime::{NodeStatus, ReadConsistency};
-use raft_core::types::{NodeId, Role, Term};
+use raft_core::storage::CheckpointInfo;
+use raft_core::types::{LogIndex, NodeId, Role, Term};
 
 use crate::names::{self, labels};
 
@@ -178,6 +179,17 @@ impl NodeMetrics {
                 .set(0.0);
         }
         memory.lagging_peers = reported;
+    }
+
+    /// Sets the checkpoint gauges from the checkpoints durable on this node
+    /// and the index of the last rollback it applied.
+    pub fn record_checkpoints(&self, checkpoints: &[CheckpointInfo], last_rollback_index: Option<LogIndex>) {
+        let node = self.node();
+        let bytes: u64 = checkpoints.iter().map(|checkpoint| checkpoint.size_bytes).sum();
+        gauge!(names::CHECKPOINTS, labels::NODE => node.clone()).set(as_gauge(checkpoints.len() as u64));
+        gauge!(names::CHECKPOINT_BYTES, labels::NODE => node.clone()).set(as_gauge(bytes));
+        gauge!(names::CHECKPOINT_LAST_ROLLBACK_INDEX, labels::NODE => node)
+            .set(as_gauge(last_rollback_index.map_or(0, |index| index.get())));
     }
 
     /// Sets the engine's counters from its cumulative figures

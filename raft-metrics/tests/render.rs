@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use raft_core::protocol::EngineStats;
 use raft_core::runtime::{NodeStatus, ReadConsistency};
-use raft_core::types::{LogIndex, Membership, NodeId, Role, Term};
+use raft_core::storage::{CheckpointInfo, CheckpointMeta};
+use raft_core::types::{LogIndex, Membership, NodeId, Role, SnapshotMeta, Term};
 use raft_metrics::names::{self, MetricKind};
 use raft_metrics::{
     build_prometheus_recorder, describe_all, NodeMetrics, PeerTransportFigures, TransportFigures,
@@ -67,6 +68,34 @@ fn record_everything(metrics: &NodeMetrics) {
     metrics.observe_read_index(Duration::from_millis(1));
     metrics.observe_http_request("GET", "/keys/{key}", 200, Duration::from_millis(2));
     metrics.record_process();
+    metrics.record_checkpoints(&[checkpoint("before-migration", 40, 1000)], Some(LogIndex(90)));
+}
+
+fn checkpoint(name: &str, index: u64, size_bytes: u64) -> CheckpointInfo {
+    CheckpointInfo {
+        meta: CheckpointMeta {
+            name: name.to_string(),
+            snapshot: SnapshotMeta {
+                last_index: LogIndex(index),
+                last_term: Term(2),
+                membership: Membership::default(),
+            },
+            created_unix_ms: 0,
+        },
+        size_bytes,
+        checksum: 0,
+    }
+}
+
+#[test]
+fn checkpoint_gauges_count_and_sum_the_checkpoints() {
+    let output = render(|| {
+        NodeMetrics::new(NodeId(1))
+            .record_checkpoints(&[checkpoint("a", 10, 100), checkpoint("b", 20, 250)], None)
+    });
+    assert_eq!(sample(&output, r#"raft_checkpoints{node="1"}"#), Some(2.0), "{output}");
+    assert_eq!(sample(&output, r#"raft_checkpoint_bytes{node="1"}"#), Some(350.0), "{output}");
+    assert_eq!(sample(&output, r#"raft_checkpoint_last_rollback_index{node="1"}"#), Some(0.0), "{output}");
 }
 
 fn render(record: impl FnOnce()) -> String {

@@ -253,3 +253,67 @@ pub struct Digest {
     /// A 64-bit hash of every key, version and value in key order.
     pub hash: String,
 }
+
+/// Response header of `GET /v1/checkpoints/{name}/export`: the index of the
+/// entry that created the checkpoint.
+pub const CHECKPOINT_INDEX_HEADER: &str = "x-raft-checkpoint-index";
+
+/// Response header of the export: the term of that entry.
+pub const CHECKPOINT_TERM_HEADER: &str = "x-raft-checkpoint-term";
+
+/// Response header of the export: the CRC-32C of the checkpoint's snapshot
+/// bytes, as 8 lowercase hex digits.
+pub const CHECKPOINT_CHECKSUM_HEADER: &str = "x-raft-checkpoint-checksum";
+
+/// The body of `POST /v1/checkpoints`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateCheckpointRequest {
+    /// The checkpoint's name: 1 to 128 characters from `A-Z a-z 0-9 . _ -`,
+    /// not starting with `.`.
+    pub name: String,
+}
+
+/// One checkpoint, as `POST /v1/checkpoints` and `GET /v1/checkpoints`
+/// show it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointSummary {
+    /// Its name.
+    pub name: String,
+    /// The index of the entry that created it: the state it keeps is the
+    /// state machine's after applying that entry.
+    pub index: u64,
+    /// The term of that entry.
+    pub term: u64,
+    /// When the leader proposed it, in milliseconds since the Unix epoch.
+    pub created_unix_ms: u64,
+    /// The size of its snapshot, in bytes.
+    pub size_bytes: u64,
+    /// The CRC-32C of its snapshot bytes, 8 lowercase hex digits.
+    pub checksum: String,
+}
+
+/// The answer to `GET /v1/checkpoints`: what the answering node holds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointList {
+    /// The node that answered.
+    pub node_id: u64,
+    /// Its applied index when it answered (the list is as of that index).
+    pub applied_index: u64,
+    /// The index of the last rollback this node applied since it started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_rollback_index: Option<u64>,
+    /// The checkpoints durable on that node, by name.
+    pub checkpoints: Vec<CheckpointSummary>,
+}
+
+/// The answer to a rollback or a delete: the committed entry's position.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointOpResult {
+    /// The checkpoint.
+    pub name: String,
+    /// The entry's index. After a rollback, the state machine holds the
+    /// checkpoint's state at this index, and later entries apply on top.
+    pub index: u64,
+    /// The entry's term.
+    pub term: u64,
+}

@@ -18,7 +18,9 @@ use raft_transport_quic::certs::{CaFiles, CertificateError, ClusterCa, NodeFiles
 use raft_transport_quic::ClusterId;
 use reqwest::StatusCode;
 
-use crate::api::{AddMemberRequest, ClusterStatus, Consistency, MembershipResult, WriteResult};
+use crate::api::{
+    AddMemberRequest, CheckpointList, ClusterStatus, Consistency, MembershipResult, WriteResult,
+};
 use crate::client::{Client, ClientError, ClientOptions, WriteOptions, DEFAULT_ENDPOINT};
 use crate::config::{ConfigError, RunArgs};
 use crate::node::NodeError;
@@ -30,7 +32,7 @@ Exit codes:
   1  failure (connection, TLS, server error, bad input file, ...)
   2  usage error (bad flags or arguments)
   3  precondition failed (412: --if-match / --if-none-match did not hold)
-  4  not found (the key, or the member, does not exist)";
+  4  not found (the key, the member, or the checkpoint does not exist)";
 
 const ABOUT: &str = "A replicated, linearizable key-value node (Raft), and a client for its HTTP API";
 
@@ -112,6 +114,10 @@ pub enum Command {
     /// Take a snapshot on the node now (compacts its log).
     #[command(after_help = SNAPSHOT_HELP)]
     Snapshot(SnapshotArgs),
+    /// Named checkpoints of the whole cluster: create, list, roll back to,
+    /// delete, export (mutations need the admin token when one is set).
+    #[command(subcommand)]
+    Checkpoint(CheckpointCommand),
     /// Make a cluster CA and node certificates (PEM files).
     #[command(after_help = CERTS_HELP)]
     Certs(CertsArgs),
@@ -394,6 +400,108 @@ const SNAPSHOT_HELP: &str = "\
 Example:
   raft-node snapshot --endpoint http://127.0.0.1:8082";
 
+/// `checkpoint …`.
+#[derive(Debug, Subcommand)]
+pub enum CheckpointCommand {
+    /// Create a checkpoint of the cluster's state now.
+    #[command(after_help = CHECKPOINT_CREATE_HELP)]
+    Create(CheckpointNameArgs),
+    /// List the checkpoints durable on the node asked.
+    #[command(after_help = CHECKPOINT_LIST_HELP)]
+    List(CheckpointListArgs),
+    /// Roll the whole cluster's state back to a checkpoint.
+    #[command(after_help = CHECKPOINT_ROLLBACK_HELP)]
+    Rollback(CheckpointNameArgs),
+    /// Delete a checkpoint on every node.
+    #[command(after_help = CHECKPOINT_DELETE_HELP)]
+    Delete(CheckpointNameArgs),
+    /// Download a checkpoint as a file, to start a new cluster from.
+    #[command(after_help = CHECKPOINT_EXPORT_HELP)]
+    Export(CheckpointExportArgs),
+}
+
+/// `checkpoint create`, `rollback` and `delete`.
+#[derive(Debug, Args)]
+pub struct CheckpointNameArgs {
+    /// The checkpoint's name: 1 to 128 characters from A-Z a-z 0-9 . _ - (not starting with '.').
+    pub name: String,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Connection.
+    #[command(flatten)]
+    pub connection: ConnectArgs,
+}
+
+/// `checkpoint list`.
+#[derive(Debug, Args)]
+pub struct CheckpointListArgs {
+    /// Print the JSON answer of GET /v1/checkpoints.
+    #[arg(long)]
+    pub json: bool,
+    /// Connection.
+    #[command(flatten)]
+    pub connection: ConnectArgs,
+}
+
+/// `checkpoint export`.
+#[derive(Debug, Args)]
+pub struct CheckpointExportArgs {
+    /// The checkpoint's name.
+    pub name: String,
+    /// Where to write the file (default: NAME.checkpoint; `-` for stdout).
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Connection.
+    #[command(flatten)]
+    pub connection: ConnectArgs,
+}
+
+const CHECKPOINT_CREATE_HELP: &str = "\
+Commits a checkpoint entry through the leader; every node keeps the state at that index until the \
+checkpoint is deleted. Prints its index, size and checksum once it is durable on the leader.
+
+Examples:
+  raft-node checkpoint create before-migration
+  raft-node checkpoint create nightly-2024-06-01 --token-file admin.token
+
+Exit codes: 0 created, 1 failed (409 the name exists, 507 the retained checkpoints are at their bound), 2 usage.";
+
+const CHECKPOINT_LIST_HELP: &str = "\
+Prints one checkpoint per line: name, index, term, size in bytes, checksum, creation time (UTC). \
+The list is the answering node's: a checkpoint just created appears on a follower once it applied it.
+
+Examples:
+  raft-node checkpoint list
+  raft-node checkpoint list --endpoint http://127.0.0.1:8082 --json";
+
+const CHECKPOINT_ROLLBACK_HELP: &str = "\
+Commits a rollback entry: every node replaces its key-value state (keys, the node directory and the \
+idempotency table) with the checkpoint's, at the rollback entry's index. Writes committed after the \
+rollback entry apply on top of the restored state; writes committed before it are undone.
+
+Example:
+  raft-node checkpoint rollback before-migration
+
+Exit codes: 0 rolled back, 4 no such checkpoint, 1 other failures, 2 usage.";
+
+const CHECKPOINT_DELETE_HELP: &str = "\
+Example:
+  raft-node checkpoint delete before-migration
+
+Exit codes: 0 deleted, 4 no such checkpoint, 1 other failures, 2 usage.";
+
+const CHECKPOINT_EXPORT_HELP: &str = "\
+Downloads the answering node's copy as a self-describing file (header with index, term and CRC-32C, \
+then the state). Start a new cluster from it with `raft-node run --bootstrap ... --restore-from FILE` \
+on every initial member. Large checkpoints need a larger --timeout-ms.
+
+Examples:
+  raft-node checkpoint export before-migration                  # writes before-migration.checkpoint
+  raft-node checkpoint export before-migration -o /backups/bm.checkpoint --timeout-ms 600000
+
+Exit codes: 0 written, 4 no such checkpoint, 1 other failures, 2 usage.";
+
 /// `certs`.
 #[derive(Debug, Args)]
 pub struct CertsArgs {
@@ -562,6 +670,7 @@ pub async fn run_client_command(command: Command) -> Result<(), CliError> {
                 print(&format!("snapshot taken at index {} (term {})\n", result.index, result.term))
             }
         }
+        Command::Checkpoint(command) => checkpoint(command).await,
         Command::Run(_) | Command::Certs(_) => {
             Err(CliError::Input("run and certs are not client commands".into()))
         }
@@ -633,6 +742,118 @@ async fn list(args: ListArgs) -> Result<(), CliError> {
         eprintln!("(more keys match; raise --limit or narrow --prefix)");
     }
     Ok(())
+}
+
+async fn checkpoint(command: CheckpointCommand) -> Result<(), CliError> {
+    match command {
+        CheckpointCommand::Create(args) => {
+            let created = client(&args.connection)?.create_checkpoint(&args.name).await?;
+            if args.json {
+                return print_json(&created);
+            }
+            print(&format!(
+                "checkpoint {} created at index {} (term {}): {} bytes, checksum {}\n",
+                created.name, created.index, created.term, created.size_bytes, created.checksum
+            ))
+        }
+        CheckpointCommand::List(args) => {
+            let listing = client(&args.connection)?.checkpoints().await?;
+            if args.json {
+                return print_json(&listing);
+            }
+            print(&format_checkpoints(&listing))
+        }
+        CheckpointCommand::Rollback(args) => {
+            let result = client(&args.connection)?.rollback(&args.name).await?;
+            if args.json {
+                return print_json(&result);
+            }
+            print(&format!(
+                "rolled back to checkpoint {} at index {} (term {}); later writes apply on top\n",
+                result.name, result.index, result.term
+            ))
+        }
+        CheckpointCommand::Delete(args) => {
+            let result = client(&args.connection)?.delete_checkpoint(&args.name).await?;
+            if args.json {
+                return print_json(&result);
+            }
+            print(&format!(
+                "checkpoint {} deleted at index {} (term {})\n",
+                result.name, result.index, result.term
+            ))
+        }
+        CheckpointCommand::Export(args) => export_checkpoint(args).await,
+    }
+}
+
+/// Downloads into `FILE.partial` and renames it once complete, so that a
+/// failed download never leaves a file that looks whole.
+async fn export_checkpoint(args: CheckpointExportArgs) -> Result<(), CliError> {
+    let client = client(&args.connection)?;
+    let output = args.output.unwrap_or_else(|| PathBuf::from(format!("{}.checkpoint", args.name)));
+    if output.as_os_str() == "-" {
+        let mut stdout = std::io::stdout();
+        client.export_checkpoint(&args.name, &mut stdout).await?;
+        return stdout.flush().map_err(CliError::Output);
+    }
+    let mut partial = output.clone().into_os_string();
+    partial.push(".partial");
+    let partial = PathBuf::from(partial);
+    let mut file = std::fs::File::create(&partial)
+        .map_err(|e| CliError::Input(format!("cannot create {}: {e}", partial.display())))?;
+    let written = match client.export_checkpoint(&args.name, &mut file).await {
+        Ok(written) => written,
+        Err(error) => {
+            let _ = std::fs::remove_file(&partial);
+            return Err(error.into());
+        }
+    };
+    file.sync_all()
+        .and_then(|()| std::fs::rename(&partial, &output))
+        .map_err(|e| CliError::Input(format!("cannot finish {}: {e}", output.display())))?;
+    eprintln!("wrote {} ({written} bytes)", output.display());
+    Ok(())
+}
+
+/// A human listing of `GET /v1/checkpoints`.
+pub fn format_checkpoints(listing: &CheckpointList) -> String {
+    let mut text = String::new();
+    for checkpoint in &listing.checkpoints {
+        text.push_str(&format!(
+            "{}\tindex {}\tterm {}\t{} bytes\tcrc32c {}\t{}\n",
+            checkpoint.name,
+            checkpoint.index,
+            checkpoint.term,
+            checkpoint.size_bytes,
+            checkpoint.checksum,
+            utc_time(checkpoint.created_unix_ms)
+        ));
+    }
+    if listing.checkpoints.is_empty() {
+        text.push_str(&format!("no checkpoints on node {}\n", listing.node_id));
+    }
+    if let Some(index) = listing.last_rollback_index {
+        text.push_str(&format!("last rollback applied at index {index}\n"));
+    }
+    text
+}
+
+/// Milliseconds since the Unix epoch as `YYYY-MM-DDTHH:MM:SSZ` (civil date
+/// from days, after Howard Hinnant's algorithm).
+fn utc_time(unix_ms: u64) -> String {
+    let seconds = unix_ms / 1000;
+    let (days, time) = ((seconds / 86_400) as i64, seconds % 86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z - era * 146_097;
+    let year_of_era = (day_of_era - day_of_era / 1_460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_index = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
+    let month = if month_index < 10 { month_index + 3 } else { month_index - 9 };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", time / 3600, time / 60 % 60, time % 60)
 }
 
 fn print_write(result: &WriteResult, summary: &str, json: bool) -> Result<(), CliError> {

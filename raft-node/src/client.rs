@@ -37,8 +37,9 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde::de::DeserializeOwned;
 
 use crate::api::{
-    AddMemberRequest, ClusterStatus, Consistency, Digest, ErrorBody, KeyList, LeaderHint, MembershipResult,
-    SnapshotResult, TransferRequest, TransferResult, WriteResult, IDEMPOTENCY_KEY_HEADER,
+    AddMemberRequest, CheckpointList, CheckpointOpResult, CheckpointSummary, ClusterStatus, Consistency,
+    CreateCheckpointRequest, Digest, ErrorBody, KeyList, LeaderHint, MembershipResult, SnapshotResult,
+    TransferRequest, TransferResult, WriteResult, IDEMPOTENCY_KEY_HEADER,
 };
 
 /// The default endpoint: the development node's client API.
@@ -474,6 +475,63 @@ impl Client {
         self.json_call(Call::new(Method::POST, "/v1/cluster/snapshot".into())).await
     }
 
+    /// `POST /v1/checkpoints`: creates a checkpoint of the whole cluster;
+    /// returns once it is durable on the leader.
+    pub async fn create_checkpoint(&self, name: &str) -> Result<CheckpointSummary, ClientError> {
+        let request = CreateCheckpointRequest { name: name.to_string() };
+        self.json_call(Call::new(Method::POST, "/v1/checkpoints".into()).json(&request)?).await
+    }
+
+    /// `GET /v1/checkpoints`: the checkpoints durable on the answering node.
+    pub async fn checkpoints(&self) -> Result<CheckpointList, ClientError> {
+        self.json_call(Call::new(Method::GET, "/v1/checkpoints".into())).await
+    }
+
+    /// `POST /v1/checkpoints/{name}/rollback`: rolls the cluster's state back
+    /// to the checkpoint; returns the rollback entry's position.
+    pub async fn rollback(&self, name: &str) -> Result<CheckpointOpResult, ClientError> {
+        let path = format!("/v1/checkpoints/{}/rollback", checkpoint_segment(name)?);
+        self.json_call(Call::new(Method::POST, path)).await
+    }
+
+    /// `DELETE /v1/checkpoints/{name}`.
+    pub async fn delete_checkpoint(&self, name: &str) -> Result<CheckpointOpResult, ClientError> {
+        let path = format!("/v1/checkpoints/{}", checkpoint_segment(name)?);
+        self.json_call(Call::new(Method::DELETE, path)).await
+    }
+
+    /// `GET /v1/checkpoints/{name}/export`: writes the answering node's copy
+    /// of the checkpoint, as a checkpoint file, to `output` chunk by chunk;
+    /// returns the bytes written. The whole download must fit in the
+    /// client's timeout.
+    pub async fn export_checkpoint(
+        &self,
+        name: &str,
+        output: &mut (dyn std::io::Write + Send),
+    ) -> Result<u64, ClientError> {
+        let path = format!("/v1/checkpoints/{}/export", checkpoint_segment(name)?);
+        let mut response = self.send(Call::new(Method::GET, path)).await?;
+        if !response.status().is_success() {
+            return Err(self.error_from(response).await);
+        }
+        let url = response.url().to_string();
+        let expected = response.content_length();
+        let mut written = 0u64;
+        while let Some(chunk) = response.chunk().await.map_err(|e| self.transport_error(&url, &e))? {
+            output.write_all(&chunk).map_err(|e| {
+                ClientError::InvalidRequest(format!("cannot write the exported checkpoint: {e}"))
+            })?;
+            written += chunk.len() as u64;
+        }
+        if let Some(expected) = expected.filter(|expected| *expected != written) {
+            return Err(ClientError::Transport {
+                url,
+                reason: format!("the download ended after {written} of {expected} bytes"),
+            });
+        }
+        Ok(written)
+    }
+
     /// `GET /healthz`: `Ok` while the node runs (its storage and state
     /// machine have not failed).
     pub async fn health(&self) -> Result<(), ClientError> {
@@ -568,6 +626,14 @@ impl Client {
     fn transport_error(&self, url: &str, error: &reqwest::Error) -> ClientError {
         classify_transport_error(url, error, self.timeout)
     }
+}
+
+/// A checkpoint name as a path segment.
+fn checkpoint_segment(name: &str) -> Result<String, ClientError> {
+    if name.is_empty() {
+        return Err(ClientError::InvalidRequest("the checkpoint name is empty".into()));
+    }
+    Ok(percent_encode(name))
 }
 
 /// Checks an endpoint and returns it without trailing slashes.

@@ -94,6 +94,11 @@ pub struct RunArgs {
     /// (delay and drop controlled over the client API). Never in production.
     #[arg(long, hide = true)]
     pub dangerous_fault_injection: bool,
+    /// With --bootstrap: start the new cluster from an exported checkpoint
+    /// file (`raft-node checkpoint export`). Every initial member must be
+    /// started with the same file; the data directory must be empty.
+    #[arg(long, value_name = "FILE")]
+    pub restore_from: Option<PathBuf>,
 }
 
 /// How `--join-as` asks to be added.
@@ -319,6 +324,9 @@ pub struct NodeConfig {
     pub snapshot_log_entries: u64,
     /// The test-only fault injector.
     pub dangerous_fault_injection: bool,
+    /// With a bootstrap plan: the exported checkpoint file the new cluster
+    /// starts from.
+    pub restore_from: Option<PathBuf>,
 }
 
 /// Default client API address of the development node.
@@ -483,6 +491,11 @@ impl NodeConfig {
             None => listen_peer,
         };
 
+        if args.restore_from.is_some() && !bootstrap {
+            return Err(invalid(
+                "--restore-from starts a new cluster: give it with --bootstrap and the --initial-member list",
+            ));
+        }
         let plan = if dev {
             StartPlan::Dev
         } else if bootstrap {
@@ -610,6 +623,7 @@ impl NodeConfig {
             heartbeat_interval_ticks,
             snapshot_log_entries,
             dangerous_fault_injection: args.dangerous_fault_injection,
+            restore_from: args.restore_from.clone(),
         })
     }
 }

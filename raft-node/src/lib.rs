@@ -1,6 +1,7 @@
 //! A replicated, linearizable key-value node.
 
 pub mod api;
+pub mod checkpoint_file;
 pub mod cli;
 pub mod client;
 pub mod config;

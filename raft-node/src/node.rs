@@ -212,7 +212,31 @@ pub async fn start(
                     )
                 })
                 .collect();
-            (StartMode::Bootstrap(Membership::with_voters(members.keys().map(|m| NodeId(*m)))), seed)
+            let membership = Membership::with_voters(members.keys().map(|m| NodeId(*m)));
+            match &config.restore_from {
+                None => (StartMode::Bootstrap(membership), seed),
+                Some(file) => {
+                    // A node restored from a snapshot at the checkpoint's
+                    // index with the initial membership is a bootstrapped
+                    // node whose log starts after that index.
+                    let restored = crate::checkpoint_file::restore_into(
+                        &config.data_dir,
+                        file,
+                        membership,
+                        seed.clone(),
+                    )
+                    .await
+                    .map_err(|e| setup(e.to_string()))?;
+                    tracing::info!(
+                        file = %file.display(),
+                        checkpoint = %restored.header.name,
+                        index = restored.header.index,
+                        keys = restored.keys,
+                        "restored the new cluster's state from a checkpoint file"
+                    );
+                    (StartMode::Restart, seed)
+                }
+            }
         }
         StartPlan::Join { url, .. } => {
             if has_log {
@@ -489,7 +513,7 @@ async fn keep_directory(
 }
 
 /// Records the node's status on every change (at most every 100 ms), and the
-/// transport's and the process's figures every second.
+/// transport's, the process's and the checkpoints' figures every second.
 async fn record_metrics(
     raft: RaftNode,
     transport: QuicTransport,
@@ -512,6 +536,7 @@ async fn record_metrics(
             _ = transport_tick.tick() => {
                 metrics.record_transport(&transport_figures(&transport));
                 metrics.record_process();
+                metrics.record_checkpoints(&raft.list_checkpoints(), raft.last_rollback_index());
             }
             () = stopped(&mut stop) => return,
         }

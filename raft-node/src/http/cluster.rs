@@ -24,7 +24,7 @@ use crate::api::{
 use crate::kv::{KvAnswer, KvCommand, KvQuery, NodeAddresses};
 
 /// The largest JSON body an administrative request may carry.
-const MAX_ADMIN_BODY_BYTES: usize = 64 * 1024;
+pub(super) const MAX_ADMIN_BODY_BYTES: usize = 64 * 1024;
 
 /// The role's name in the API.
 pub fn role_name(role: Option<Role>) -> &'static str {
@@ -113,7 +113,7 @@ async fn admin_body(state: &AppState, original: &Original, body: Body) -> Result
 }
 
 /// Checks `Authorization: Bearer <token>` when an admin token is set.
-fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+pub(super) fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(expected) = state.config.admin_token.as_deref() else { return Ok(()) };
     let Some(value) = headers.get(header::AUTHORIZATION) else {
         return Err(ApiError::new(
@@ -133,7 +133,7 @@ fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
-fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+pub(super) fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body)
         .map_err(|error| ApiError::bad_request("bad_json", format!("the JSON body is invalid: {error}")))
 }

@@ -4,7 +4,7 @@
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use raft_core::protocol::{MembershipError, ProposeError, ReadError, TransferError};
-use raft_core::runtime::ClientError;
+use raft_core::runtime::{CheckpointError, ClientError};
 
 use crate::api::{ErrorBody, ErrorDetail, LeaderHint};
 
@@ -131,6 +131,23 @@ impl ApiError {
             }
             ClientError::Transfer(TransferError::InProgress(_)) => {
                 ApiError::new(StatusCode::CONFLICT, "transfer_in_progress", message)
+            }
+            ClientError::Checkpoint(CheckpointError::InvalidName { .. }) => {
+                ApiError::bad_request("bad_checkpoint_name", message)
+            }
+            ClientError::Checkpoint(CheckpointError::NotFound(_)) => {
+                ApiError::not_found("checkpoint_not_found", message)
+            }
+            ClientError::Checkpoint(CheckpointError::AlreadyExists(_)) => {
+                ApiError::new(StatusCode::CONFLICT, "checkpoint_exists", message)
+            }
+            // The retained checkpoints are full: the server cannot store
+            // another one until one is deleted (the message names the bound).
+            ClientError::Checkpoint(CheckpointError::TooMany { .. } | CheckpointError::TooLarge { .. }) => {
+                ApiError::new(StatusCode::INSUFFICIENT_STORAGE, "checkpoint_limit", message)
+            }
+            ClientError::Checkpoint(CheckpointError::Storage(_)) => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "checkpoint_storage", message)
             }
             ClientError::StateMachine(_) | ClientError::Storage(_) => ApiError::internal(message),
             _ => ApiError::internal(message),

@@ -1,7 +1,8 @@
 //! The client HTTP API (DESIGN.md §7.2): keys, cluster administration,
-//! metrics and health, over HTTP or HTTPS (optionally with client
+//! checkpoints, metrics and health, over HTTP or HTTPS (optionally with client
 //! certificates).
 
+mod checkpoints;
 mod cluster;
 pub mod error;
 mod forward;
@@ -130,6 +131,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/cluster/members/{id}", delete(cluster::remove_member))
         .route("/v1/cluster/leader", post(cluster::transfer_leader))
         .route("/v1/cluster/snapshot", post(cluster::snapshot))
+        .route("/v1/checkpoints", get(checkpoints::list).post(checkpoints::create))
+        .route("/v1/checkpoints/{name}", delete(checkpoints::delete))
+        .route("/v1/checkpoints/{name}/rollback", post(checkpoints::rollback))
+        .route("/v1/checkpoints/{name}/export", get(checkpoints::export))
         .route(
             "/v1/dangerous/faults",
             get(crate::fault::show).post(crate::fault::set).delete(crate::fault::clear),
@@ -174,7 +179,7 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
 /// Route templates as static labels (the metric's label must never be the
 /// raw path, or every key would make a new series).
 fn route_label(template: &str) -> &'static str {
-    const ROUTES: [&str; 14] = [
+    const ROUTES: [&str; 18] = [
         "/v1/kv",
         "/v1/kv/",
         "/v1/kv/{*key}",
@@ -185,6 +190,10 @@ fn route_label(template: &str) -> &'static str {
         "/v1/cluster/members/{id}",
         "/v1/cluster/leader",
         "/v1/cluster/snapshot",
+        "/v1/checkpoints",
+        "/v1/checkpoints/{name}",
+        "/v1/checkpoints/{name}/rollback",
+        "/v1/checkpoints/{name}/export",
         "/v1/dangerous/faults",
         "/metrics",
         "/healthz",

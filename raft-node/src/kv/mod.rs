@@ -107,6 +107,30 @@ impl KvView {
     }
 }
 
+/// Reads a key-value snapshot (checking it completely) and returns the
+/// same state as a new snapshot for another cluster, with `directory` as
+/// its node directory, and the number of keys. Keys, versions, the applied
+/// index and the deduplication table are kept.
+///
+/// The old cluster's directory is dropped because its addresses name the
+/// old cluster's nodes: kept, they would override the new cluster's
+/// addresses for nodes of the same ids.
+pub async fn rewrite_for_new_cluster(
+    snapshot: &mut dyn SnapshotReader,
+    directory: Directory,
+    limits: &KvLimits,
+) -> Result<(Box<dyn SnapshotSource>, u64), StateMachineError> {
+    let state = snapshot::restore(snapshot, limits.max_dedup_clients).await?;
+    let keys = state.data.len() as u64;
+    let captured = Captured {
+        applied_index: state.applied_index,
+        data: state.data,
+        clients: state.dedup.records().clone(),
+        directory,
+    };
+    Ok((Box::new(KvSnapshotSource::new(captured)), keys))
+}
+
 /// The replicated key-value state machine (see the module documentation).
 pub struct KvStateMachine {
     state: KvState,

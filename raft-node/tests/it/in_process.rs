@@ -8,15 +8,20 @@ use raft_node::node::{self, RunningNode};
 
 use crate::support::{config, run_args, write_certificates, Ports, WAIT};
 
-struct Cluster {
-    nodes: Vec<Option<RunningNode>>,
+pub(crate) struct Cluster {
+    pub(crate) nodes: Vec<Option<RunningNode>>,
     ports: Vec<Ports>,
-    http: reqwest::Client,
+    pub(crate) http: reqwest::Client,
     _directory: tempfile::TempDir,
 }
 
 impl Cluster {
-    async fn start(size: u64) -> Cluster {
+    pub(crate) async fn start(size: u64) -> Cluster {
+        Cluster::start_with(size, |_| {}).await
+    }
+
+    /// A cluster whose nodes' flags `edit` adjusts (after the defaults).
+    pub(crate) async fn start_with(size: u64, edit: impl Fn(&mut raft_node::config::RunArgs)) -> Cluster {
         let directory = tempfile::tempdir().unwrap();
         let certs = directory.path().join("certs");
         let ids: Vec<u64> = (1..=size).collect();
@@ -33,21 +38,22 @@ impl Cluster {
             );
             args.bootstrap = true;
             args.initial_members = members.clone();
+            edit(&mut args);
             nodes.push(Some(node::start(config(&args), None).await.unwrap()));
         }
         Cluster { nodes, ports, http: crate::support::http_client(), _directory: directory }
     }
 
-    fn url(&self, id: u64) -> String {
+    pub(crate) fn url(&self, id: u64) -> String {
         self.ports[(id - 1) as usize].client_url()
     }
 
-    async fn status(&self, id: u64) -> ClusterStatus {
+    pub(crate) async fn status(&self, id: u64) -> ClusterStatus {
         self.http.get(format!("{}/v1/cluster", self.url(id))).send().await.unwrap().json().await.unwrap()
     }
 
     /// Waits until every running node names the same leader, and returns it.
-    async fn leader(&self) -> u64 {
+    pub(crate) async fn leader(&self) -> u64 {
         let deadline = Instant::now() + WAIT;
         loop {
             let mut leaders = Vec::new();
@@ -66,14 +72,14 @@ impl Cluster {
         }
     }
 
-    async fn shutdown(mut self) {
+    pub(crate) async fn shutdown(mut self) {
         for node in self.nodes.iter_mut().filter_map(Option::take) {
             node.shutdown().await;
         }
     }
 }
 
-async fn error_code(response: reqwest::Response) -> (u16, String) {
+pub(crate) async fn error_code(response: reqwest::Response) -> (u16, String) {
     let status = response.status().as_u16();
     let body: ErrorBody = response.json().await.unwrap();
     (status, body.error.code)

@@ -2,7 +2,9 @@
 //! the library, and real `raft-node` processes on loopback.
 
 mod in_process;
+mod in_process_checkpoints;
 mod process;
+mod process_checkpoints;
 mod process_faults;
 mod process_membership;
 mod process_prometheus;

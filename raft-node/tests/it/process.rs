@@ -74,6 +74,9 @@ pub struct Options {
     /// from the cluster CA (`--client-tls --client-ca ca.pem`); the
     /// cluster's client presents one.
     pub client_tls: bool,
+    /// An exported checkpoint file every node bootstraps from
+    /// (`--restore-from`).
+    pub restore_from: Option<PathBuf>,
 }
 
 impl Options {
@@ -249,6 +252,9 @@ impl Cluster {
                     let ports = &self.node(member).ports;
                     let url = base_url(&self.options, ports);
                     args.push(format!("--initial-member={member}={}={url}", ports.peer_address()));
+                }
+                if let Some(file) = &self.options.restore_from {
+                    args.push(format!("--restore-from={}", file.display()));
                 }
             }
             Plan::Restart => {}
