@@ -38,6 +38,9 @@ pub struct FailoverResults {
     pub leader_ms: Vec<f64>,
     /// Terms the election took (new leader's term minus the killed one's).
     pub elections: Vec<u64>,
+    /// Whether the new leader was the member restarted by the trial before
+    /// (one whose peers may still be backing off from dialing it).
+    pub restarted_won: Vec<bool>,
     /// Trials that did not recover within the limit.
     pub failed_trials: usize,
 }
@@ -47,6 +50,7 @@ pub async fn failover(cluster: &mut Cluster, trials: usize, seed: u64) -> Result
     let mut results = FailoverResults::default();
     let mut rng = seed | 1;
     let name = cluster.system.name();
+    let mut restarted: Option<usize> = None;
     for trial in 0..trials {
         let leader = cluster.agreed_leader(Duration::from_secs(30))?;
         rng ^= rng << 13;
@@ -64,9 +68,11 @@ pub async fn failover(cluster: &mut Cluster, trials: usize, seed: u64) -> Result
                 results.leader_ms.push(leader_ms);
                 let term_after = cluster.view(new_leader).map_or(0, |v| v.term);
                 results.elections.push(term_after.saturating_sub(term_before));
+                results.restarted_won.push(restarted == Some(new_leader));
             }
             _ => results.failed_trials += 1,
         }
+        restarted = Some(leader);
         if trial % 20 == 19 || trial + 1 == trials {
             let mut sorted = results.write_ms.clone();
             sorted.sort_by(f64::total_cmp);

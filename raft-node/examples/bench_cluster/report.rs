@@ -71,7 +71,8 @@ fn load_tables(
     };
     for (connections, ours) in &raft.writes {
         let theirs = etcd.and_then(|e| e.writes.iter().find(|(c, _)| c == connections).map(|(_, f)| f));
-        row(out, format!("write, {connections} connections"), ours, theirs);
+        let plural = if *connections == 1 { "" } else { "s" };
+        row(out, format!("write, {connections} connection{plural}"), ours, theirs);
     }
     row(
         out,
@@ -185,11 +186,14 @@ pub fn write(
 }
 
 /// One line per successful trial, in trial order: ms until a write
-/// succeeded, until a leader was named, and the terms the election took.
+/// succeeded, until a leader was named, the terms the election took, and
+/// whether the member restarted by the trial before won.
 fn failover_csv(results: &FailoverResults) -> String {
-    let mut out = String::from("write_ms,leader_ms,terms\n");
-    for ((write, leader), terms) in results.write_ms.iter().zip(&results.leader_ms).zip(&results.elections) {
-        let _ = writeln!(out, "{write:.1},{leader:.1},{terms}");
+    let mut out = String::from("write_ms,leader_ms,terms,restarted_won\n");
+    let rows =
+        results.write_ms.iter().zip(&results.leader_ms).zip(&results.elections).zip(&results.restarted_won);
+    for (((write, leader), terms), restarted_won) in rows {
+        let _ = writeln!(out, "{write:.1},{leader:.1},{terms},{restarted_won}");
     }
     out
 }
