@@ -395,9 +395,8 @@ impl RaftNode {
                 .into());
             }
         }
-        let created_unix_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, millis);
+        let created_unix_ms =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, millis);
         let op = CheckpointOp::Create { name: name.to_string(), created_unix_ms };
         let committed = self.request(|reply, deadline| Command::Checkpoint { op, reply, deadline }).await?;
         self.catalog.ready_at(name, committed.index).ok_or_else(|| {
