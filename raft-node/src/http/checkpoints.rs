@@ -89,15 +89,7 @@ pub async fn rollback(
     original: Original,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &original.headers)?;
-    let name = checkpoint_name(path)?;
-    match on_leader(&state, || state.raft.rollback(&name)).await? {
-        Routed::Here(committed) => {
-            Ok(Json(CheckpointOpResult { name, index: committed.index.get(), term: committed.term.get() })
-                .into_response())
-        }
-        Routed::Leader(leader, error) => original.send_to(&state, leader, error).await,
-    }
+    commit_entry(state, original, path, EntryKind::Rollback).await
 }
 
 /// `DELETE /v1/checkpoints/{name}`: commits a delete entry.
@@ -106,9 +98,33 @@ pub async fn delete(
     original: Original,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
+    commit_entry(state, original, path, EntryKind::Delete).await
+}
+
+/// The checkpoint operations answered with the entry that carried them.
+#[derive(Clone, Copy)]
+enum EntryKind {
+    Rollback,
+    Delete,
+}
+
+/// Commits a rollback or delete entry on the leader (from a follower:
+/// forwarded, or 307) and answers with its index and term.
+async fn commit_entry(
+    state: AppState,
+    original: Original,
+    path: Result<Path<String>, PathRejection>,
+    kind: EntryKind,
+) -> Result<Response, ApiError> {
     authorize(&state, &original.headers)?;
     let name = checkpoint_name(path)?;
-    match on_leader(&state, || state.raft.delete_checkpoint(&name)).await? {
+    let attempt = || async {
+        match kind {
+            EntryKind::Rollback => state.raft.rollback(&name).await,
+            EntryKind::Delete => state.raft.delete_checkpoint(&name).await,
+        }
+    };
+    match on_leader(&state, attempt).await? {
         Routed::Here(committed) => {
             Ok(Json(CheckpointOpResult { name, index: committed.index.get(), term: committed.term.get() })
                 .into_response())
