@@ -183,6 +183,11 @@ impl Catalog {
         self.lock().last_rollback_index
     }
 
+    /// Whether the checkpoint `name` is durable here.
+    pub(super) fn is_ready(&self, name: &str) -> bool {
+        matches!(self.lock().slots.get(name), Some(Slot::Ready(_)))
+    }
+
     /// The checkpoint `name` if it is durable here and was created at `index`.
     pub(super) fn ready_at(&self, name: &str, index: LogIndex) -> Option<CheckpointInfo> {
         match self.lock().slots.get(name) {

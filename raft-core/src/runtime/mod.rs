@@ -435,7 +435,7 @@ impl RaftNode {
     /// machine's snapshot format), for example to export it.
     pub async fn open_checkpoint(&self, name: &str) -> Result<Box<dyn SnapshotReader>, ClientError> {
         checkpoints::validate_name(name)?;
-        if self.catalog.ready_at(name, self.list_index(name)).is_none() {
+        if !self.catalog.is_ready(name) {
             return Err(CheckpointError::NotFound(name.to_string()).into());
         }
         self.checkpoint_store
@@ -447,14 +447,6 @@ impl RaftNode {
     /// The index of the last rollback this node applied since it started.
     pub fn last_rollback_index(&self) -> Option<LogIndex> {
         self.catalog.last_rollback_index()
-    }
-
-    fn list_index(&self, name: &str) -> LogIndex {
-        self.catalog
-            .list()
-            .into_iter()
-            .find(|info| info.meta.name == name)
-            .map_or(LogIndex(0), |info| info.meta.snapshot.last_index)
     }
 
     /// Starts an election now (tests and operators).

@@ -43,28 +43,17 @@ async fn value(cluster: &Cluster, node: u64, key: &str) -> Option<String> {
     Some(response.text().await.unwrap())
 }
 
+/// GETs `path` from `node` and decodes its JSON answer.
+async fn get_json<T: serde::de::DeserializeOwned>(cluster: &Cluster, node: u64, path: &str) -> T {
+    cluster.http.get(format!("{}{path}", cluster.url(node))).send().await.unwrap().json().await.unwrap()
+}
+
 async fn list(cluster: &Cluster, node: u64) -> CheckpointList {
-    cluster
-        .http
-        .get(format!("{}/v1/checkpoints", cluster.url(node)))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    get_json(cluster, node, "/v1/checkpoints").await
 }
 
 async fn digest(cluster: &Cluster, node: u64) -> Digest {
-    cluster
-        .http
-        .get(format!("{}/v1/cluster/digest?consistency=stale", cluster.url(node)))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    get_json(cluster, node, "/v1/cluster/digest?consistency=stale").await
 }
 
 /// Waits until every node applied at least `index` and all digests agree.
