@@ -412,10 +412,10 @@ pub(super) fn envelope_head(checkpoints: &[CheckpointInfo]) -> Bytes {
         catalog.put_slice(meta.name.as_bytes());
         catalog.put_u64_le(meta.snapshot.last_index.get());
         catalog.put_u64_le(meta.snapshot.last_term.get());
-        for set in [&meta.snapshot.membership.voters, &meta.snapshot.membership.outgoing_voters] {
+        let membership = &meta.snapshot.membership;
+        for set in [&membership.voters, &membership.outgoing_voters, &membership.learners] {
             put_ids(&mut catalog, set);
         }
-        put_ids(&mut catalog, &meta.snapshot.membership.learners);
         catalog.put_u64_le(meta.created_unix_ms);
         catalog.put_u64_le(info.size_bytes);
         catalog.put_u32_le(info.checksum);
