@@ -49,6 +49,8 @@ use failover::FailoverResults;
 const VALUE_BYTES: usize = 256;
 /// Keys each connection cycles through (bounds the state's size).
 const KEYS_PER_CONNECTION: u64 = 1_000;
+/// The longest the fill (every key written once) may take.
+const FILL_TIME_LIMIT: Duration = Duration::from_secs(600);
 /// The failover phase's timing for both systems: 15 ms heartbeats and a
 /// 150 ms minimum election timeout, randomised in [150, 300) ms by both
 /// (raft-node's defaults).
@@ -154,6 +156,8 @@ struct SystemResults {
     writes: Vec<(usize, Figures)>,
     reads: Figures,
     leader_peak_rss_bytes: u64,
+    /// Keys written once before the timed runs.
+    filled_keys: u64,
     failover: Option<FailoverResults>,
 }
 
@@ -255,10 +259,23 @@ async fn measure(
     let name = system.name();
     let mut results = SystemResults::default();
     let duration = Duration::from_secs(options.seconds);
+    // Every key the runs use is written once first, so both systems hold
+    // the same state whatever their throughput: without this, the faster
+    // system reaches more of the key set in the timed runs and its RSS
+    // grows with the data, not with its overhead.
+    let fill_connections = options.connections.iter().copied().max().unwrap_or(1);
+    let fill = load(target, system, Workload::Write, fill_connections, FILL_TIME_LIMIT, Some(KEYS_PER_CONNECTION))
+        .await?;
+    let keys = fill_connections as u64 * KEYS_PER_CONNECTION;
+    if fill.operations != keys {
+        return Err(format!("{name}: the fill wrote {} of {keys} keys ({} errors)", fill.operations, fill.errors));
+    }
+    eprintln!("{name}: filled {keys} keys in {:.1} s", fill.seconds);
+    results.filled_keys = keys;
     // A short warm-up: connections, allocator, the leader's first snapshot.
-    load(target, system, Workload::Write, 16, Duration::from_secs(2)).await?;
+    load(target, system, Workload::Write, 16, Duration::from_secs(2), None).await?;
     for &connections in &options.connections {
-        let figures = load(target, system, Workload::Write, connections, duration).await?;
+        let figures = load(target, system, Workload::Write, connections, duration, None).await?;
         eprintln!(
             "{name}: write  {connections:>4} connections: {:>9.0}/s p50 {:>6} µs p99 {:>6} µs ({} errors)",
             figures.per_second(),
@@ -269,7 +286,7 @@ async fn measure(
         results.writes.push((connections, figures));
     }
     results.leader_peak_rss_bytes = peak_rss_bytes(leader_pid)?;
-    let reads = load(target, system, Workload::Read, options.read_connections, duration).await?;
+    let reads = load(target, system, Workload::Read, options.read_connections, duration, None).await?;
     eprintln!(
         "{name}: read   {:>4} connections: {:>9.0}/s p50 {:>6} µs p99 {:>6} µs ({} errors)",
         options.read_connections,
@@ -303,13 +320,16 @@ async fn connect(target: &str) -> Result<hyper::client::conn::http1::SendRequest
     Ok(sender)
 }
 
-/// Runs `connections` loops, each with one request in flight, for `duration`.
+/// Runs `connections` loops, each with one request in flight, for
+/// `duration` or until each loop has answered `operations_per_connection`
+/// requests, whichever comes first.
 async fn load(
     target: &str,
     system: System,
     workload: Workload,
     connections: usize,
     duration: Duration,
+    operations_per_connection: Option<u64>,
 ) -> Result<Figures, String> {
     let value = Bytes::from(vec![b'v'; VALUE_BYTES]);
     let value_base64 = base64(&value);
@@ -327,7 +347,7 @@ async fn load(
             let mut latencies: Vec<u32> = Vec::new();
             let mut errors = 0u64;
             let mut sequence = 0u64;
-            while Instant::now() < end {
+            while Instant::now() < end && operations_per_connection.is_none_or(|limit| sequence < limit) {
                 let key = format!("bench-{connection}-{}", sequence % KEYS_PER_CONNECTION);
                 sequence += 1;
                 let (method, path, body) = match (system, workload) {

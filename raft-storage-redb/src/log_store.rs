@@ -35,6 +35,11 @@ pub const LOG_FORMAT_VERSION: u32 = 2;
 pub struct LogStoreOptions {
     /// The most memory redb may use to cache pages. redb's own default (1 GiB)
     /// would let the cache hold a long log in memory; the store bounds it.
+    /// redb keeps every page a checkpoint wrote in this cache, but the log
+    /// is rarely read back: the engine holds recent entries itself, and
+    /// only a follower far behind or a restart reads older ones. So the
+    /// default (16 MiB) is sized for the B-tree's upper pages and half of
+    /// one checkpoint's writes, not for the log.
     pub cache_size_bytes: usize,
     /// Verify the checksum of every page of the database when opening it,
     /// not only after a crash. This reads the whole live log once per open
@@ -72,7 +77,7 @@ pub struct LogStoreOptions {
 impl Default for LogStoreOptions {
     fn default() -> Self {
         LogStoreOptions {
-            cache_size_bytes: 64 << 20,
+            cache_size_bytes: 16 << 20,
             verify_on_open: true,
             two_phase_commit: false,
             file_compaction_free_fraction: Some(0.5),

@@ -83,7 +83,11 @@ const MAX_NODE_RECORD_BYTES: usize = 8 + 32 + 8 + MAX_CLIENT_URL_BYTES;
 /// The state as of one applied index, captured for a snapshot.
 pub(crate) struct Captured {
     pub(crate) applied_index: u64,
-    pub(crate) data: BTreeMap<Bytes, Versioned>,
+    /// Every key in order. A vector rather than a cloned `BTreeMap`: it is
+    /// exactly as long as the state (72 bytes a key), where a cloned tree
+    /// would allocate partly filled nodes, about half as much again, at the
+    /// moment the snapshot starts.
+    pub(crate) data: Vec<(Bytes, Versioned)>,
     pub(crate) clients: BTreeMap<u64, DedupRecord>,
     pub(crate) directory: Directory,
 }
@@ -91,7 +95,7 @@ pub(crate) struct Captured {
 /// Produces a snapshot's bytes from a captured state, about a
 /// [`CHUNK_BYTES`] at a time.
 pub(crate) struct KvSnapshotSource {
-    keys: btree_map::IntoIter<Bytes, Versioned>,
+    keys: std::vec::IntoIter<(Bytes, Versioned)>,
     clients: btree_map::IntoIter<u64, DedupRecord>,
     nodes: btree_map::IntoIter<NodeId, NodeAddresses>,
     /// The chunk being built.

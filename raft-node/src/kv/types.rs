@@ -223,7 +223,13 @@ pub enum KvCodecError {
 /// none of the types has either, so the `expect` below guards an
 /// impossibility and never input from outside.
 pub(crate) fn encode_message<T: Serialize>(message: &T) -> Bytes {
-    Bytes::from(postcard::to_allocvec(message).expect("key-value messages always serialize"))
+    // Sized first, so the buffer is exactly as long as the encoding: a
+    // command lives on as a log entry until compaction, and a buffer grown
+    // by doubling would carry up to twice its length in spare capacity.
+    let length = postcard::experimental::serialized_size(message).expect("key-value messages always serialize");
+    let encoded = postcard::to_extend(message, Vec::with_capacity(length))
+        .expect("key-value messages always serialize");
+    Bytes::from(encoded)
 }
 
 /// Decodes a message and refuses trailing bytes.
