@@ -50,6 +50,14 @@ pub enum ClusterError {
     /// More nodes than loopback addresses.
     #[error("node id {0} is above {MAX_NODE_ID}: no loopback address is left")]
     TooManyNodes(u64),
+    /// A node's store refused a fault-injection step.
+    #[error("{what}: {source}")]
+    Storage {
+        /// What was being done.
+        what: String,
+        /// The error.
+        source: raft_core::storage::StorageError,
+    },
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ClusterError {
@@ -335,6 +343,17 @@ impl Cluster {
     pub fn tear_wal_tail(&self, id: u64, pick: u64) -> Result<String, ClusterError> {
         let Some(node) = self.nodes.get(&id) else { return Ok(format!("node {id} is unknown")) };
         tear_wal_tail(&node.data_dir, pick)
+    }
+
+    /// Throws away the write-ahead log writes node `id` (stopped) had not
+    /// flushed, as a power failure would; returns how many bytes of records
+    /// were dropped.
+    pub fn discard_unsynced(&self, id: u64) -> Result<u64, ClusterError> {
+        let Some(node) = self.nodes.get(&id) else { return Ok(0) };
+        let log = node.data_dir.join(raft_storage_redb::LOG_FILE_NAME);
+        raft_storage_redb::fault_injection::discard_unsynced_writes(&log).map_err(|source| {
+            ClusterError::Storage { what: format!("dropping unflushed writes of node {id}"), source }
+        })
     }
 
     /// Kills every process (SIGCONT first is not needed: SIGKILL ends a

@@ -45,7 +45,7 @@ struct RunArgs {
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     duration: Duration,
     /// Fault kinds: all, none, or a list of kill, pause, partition, delay,
-    /// drop, torn, membership, transfer.
+    /// drop, torn, unsynced, membership, transfer.
     #[arg(long, default_value = "all")]
     faults: FaultList,
     /// The seed of the fault schedule and the clients.

@@ -438,7 +438,7 @@ async fn inject(shared: &Shared, action: Action, hold: Duration, stop: &mut watc
     let start_us = shared.now_us();
     let kind = action.kind();
     match action {
-        Action::Kill { target } | Action::Torn { target, .. } => {
+        Action::Kill { target } | Action::Torn { target, .. } | Action::Unsynced { target } => {
             let Some(id) = shared.resolve(target).await else {
                 return shared.record_fault(
                     kind,
@@ -455,6 +455,14 @@ async fn inject(shared: &Shared, action: Action, hold: Duration, stop: &mut watc
                 match lock(&shared.cluster).tear_wal_tail(id, pick) {
                     Ok(done) => detail.push_str(&format!("; {done}")),
                     Err(error) => detail.push_str(&format!("; tearing failed: {error}")),
+                }
+            }
+            if let Action::Unsynced { .. } = action {
+                match lock(&shared.cluster).discard_unsynced(id) {
+                    Ok(dropped) => {
+                        detail.push_str(&format!("; {dropped} bytes of unflushed log records dropped"))
+                    }
+                    Err(error) => detail.push_str(&format!("; dropping unflushed writes failed: {error}")),
                 }
             }
             hold_for(hold, stop).await;

@@ -2,7 +2,7 @@
 //! from the run's seed before the run starts.
 //!
 //! Two streams overlap. The *disruptive* stream takes one fault at a time
-//! (kill, pause, partition, delay, drop, torn tail), each after a quiet gap,
+//! (kill, pause, partition, delay, drop, torn tail, lost unflushed writes), each after a quiet gap,
 //! in rounds that visit every enabled kind once in a shuffled order, so a
 //! short run still sees every kind. The *administrative* stream (membership
 //! changes and leader transfers) fires at its own random times, so those
@@ -40,6 +40,11 @@ pub enum FaultKind {
     /// `kill -9`, then a torn record written past the end of the node's
     /// newest write-ahead log segment before the restart.
     Torn,
+    /// `kill -9`, then every write-ahead log write the node had not yet
+    /// flushed is thrown away before the restart, as a power failure would
+    /// (the node records where its flushed log ends under
+    /// `--dangerous-fault-injection`).
+    Unsynced,
     /// Add a learner, promote it, remove a voter (a replacement over three
     /// steps), one step per event.
     Membership,
@@ -49,13 +54,14 @@ pub enum FaultKind {
 
 impl FaultKind {
     /// Every kind, in a fixed order.
-    pub const ALL: [FaultKind; 8] = [
+    pub const ALL: [FaultKind; 9] = [
         FaultKind::Kill,
         FaultKind::Pause,
         FaultKind::Partition,
         FaultKind::Delay,
         FaultKind::Drop,
         FaultKind::Torn,
+        FaultKind::Unsynced,
         FaultKind::Membership,
         FaultKind::Transfer,
     ];
@@ -69,6 +75,7 @@ impl FaultKind {
             FaultKind::Delay => "delay",
             FaultKind::Drop => "drop",
             FaultKind::Torn => "torn",
+            FaultKind::Unsynced => "unsynced",
             FaultKind::Membership => "membership",
             FaultKind::Transfer => "transfer",
         }
@@ -90,7 +97,7 @@ impl fmt::Display for FaultKind {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum FaultListError {
     /// A name that is no fault kind.
-    #[error("unknown fault kind {0:?}; known: all, none, kill, pause, partition, delay, drop, torn, membership, transfer")]
+    #[error("unknown fault kind {0:?}; known: all, none, kill, pause, partition, delay, drop, torn, unsynced, membership, transfer")]
     Unknown(String),
 }
 
@@ -189,6 +196,12 @@ pub enum Action {
         /// Seeds the garbage's length and bytes.
         pick: u64,
     },
+    /// `kill -9`, drop the unflushed write-ahead log writes, restart when
+    /// the fault ends.
+    Unsynced {
+        /// Who.
+        target: Target,
+    },
     /// The next step of a replacement (add learner, promote, remove a
     /// voter), chosen by the membership at that moment.
     Membership {
@@ -212,6 +225,7 @@ impl Action {
             Action::Delay { .. } => FaultKind::Delay,
             Action::Drop { .. } => FaultKind::Drop,
             Action::Torn { .. } => FaultKind::Torn,
+            Action::Unsynced { .. } => FaultKind::Unsynced,
             Action::Membership { .. } => FaultKind::Membership,
             Action::Transfer { .. } => FaultKind::Transfer,
         }
@@ -334,6 +348,7 @@ fn disruptive_action(kind: FaultKind, rng: &mut Rng) -> Action {
         }
         FaultKind::Drop => Action::Drop { percent: rng.between(5, 40) },
         FaultKind::Torn => Action::Torn { target: target(rng), pick: rng.next_u64() },
+        FaultKind::Unsynced => Action::Unsynced { target: target(rng) },
         FaultKind::Membership => Action::Membership { pick: rng.next_u64() },
         FaultKind::Transfer => Action::Transfer { pick: rng.next_u64() },
     }

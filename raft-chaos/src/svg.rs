@@ -57,6 +57,7 @@ fn fault_colour(kind: FaultKind) -> &'static str {
         FaultKind::Delay => "#00897b",
         FaultKind::Drop => "#6d4c41",
         FaultKind::Torn => "#ad1457",
+        FaultKind::Unsynced => "#4e342e",
         FaultKind::Membership => "#f9a825",
         FaultKind::Transfer => "#546e7a",
     }

@@ -264,11 +264,15 @@ async fn measure(
     // system reaches more of the key set in the timed runs and its RSS
     // grows with the data, not with its overhead.
     let fill_connections = options.connections.iter().copied().max().unwrap_or(1);
-    let fill = load(target, system, Workload::Write, fill_connections, FILL_TIME_LIMIT, Some(KEYS_PER_CONNECTION))
-        .await?;
+    let fill =
+        load(target, system, Workload::Write, fill_connections, FILL_TIME_LIMIT, Some(KEYS_PER_CONNECTION))
+            .await?;
     let keys = fill_connections as u64 * KEYS_PER_CONNECTION;
     if fill.operations != keys {
-        return Err(format!("{name}: the fill wrote {} of {keys} keys ({} errors)", fill.operations, fill.errors));
+        return Err(format!(
+            "{name}: the fill wrote {} of {keys} keys ({} errors)",
+            fill.operations, fill.errors
+        ));
     }
     eprintln!("{name}: filled {keys} keys in {:.1} s", fill.seconds);
     results.filled_keys = keys;

@@ -253,7 +253,11 @@ pub async fn start(
     write_directory_file(&config.data_dir, &seed)?;
 
     let metrics = Arc::new(NodeMetrics::new(id));
-    let (log_store, snapshot_store) = raft_storage_redb::open_stores(&config.data_dir)
+    // Under fault injection the log store also records where its flushed
+    // log ends, so a test harness can cut it back as a power failure would.
+    let mut log_options = raft_storage_redb::LogStoreOptions::default();
+    log_options.record_synced_position = config.dangerous_fault_injection;
+    let (log_store, snapshot_store) = raft_storage_redb::open_stores_with(&config.data_dir, log_options)
         .await
         .map_err(|source| NodeError::Storage { path: config.data_dir.clone(), source })?;
     let checkpoint_directory = config.data_dir.join(raft_storage_redb::CHECKPOINT_DIRECTORY_NAME);

@@ -45,6 +45,25 @@ pub use log_store::{LogStoreOptions, RedbLogStore, SpaceUsage, LOG_FORMAT_VERSIO
 pub use snapshot_file::SNAPSHOT_FORMAT_VERSION;
 pub use snapshot_store::RedbSnapshotStore;
 
+/// Tools for fault-injection tests of a stopped store.
+pub mod fault_injection {
+    use std::path::Path;
+
+    use raft_core::storage::StorageError;
+
+    pub use crate::wal::SYNCED_MARKER_FILE_NAME;
+
+    /// Cuts the write-ahead log of the stopped log store at `log_path` (a
+    /// `log.redb`) back to the durable end recorded while it ran with
+    /// [`crate::LogStoreOptions::record_synced_position`], as a power
+    /// failure would: every record written but not yet flushed is zeroed.
+    /// Returns how many bytes of records were dropped (0 if everything
+    /// written had been flushed).
+    pub fn discard_unsynced_writes(log_path: &Path) -> Result<u64, StorageError> {
+        crate::wal::discard_unsynced(&crate::log_store::wal_directory(log_path))
+    }
+}
+
 /// The log store's file name inside a node's data directory.
 pub const LOG_FILE_NAME: &str = "log.redb";
 /// The snapshot directory's name inside a node's data directory.
@@ -56,8 +75,16 @@ pub const SNAPSHOT_DIRECTORY_NAME: &str = "snapshots";
 pub async fn open_stores(
     data_directory: impl AsRef<Path>,
 ) -> Result<(RedbLogStore, RedbSnapshotStore), StorageError> {
+    open_stores_with(data_directory, LogStoreOptions::default()).await
+}
+
+/// [`open_stores`] with the log store's options given.
+pub async fn open_stores_with(
+    data_directory: impl AsRef<Path>,
+    log_options: LogStoreOptions,
+) -> Result<(RedbLogStore, RedbSnapshotStore), StorageError> {
     let directory = data_directory.as_ref();
-    let log = RedbLogStore::open_async(directory.join(LOG_FILE_NAME), LogStoreOptions::default()).await?;
+    let log = RedbLogStore::open_async(directory.join(LOG_FILE_NAME), log_options).await?;
     let snapshots = RedbSnapshotStore::open_async(directory.join(SNAPSHOT_DIRECTORY_NAME)).await?;
     Ok((log, snapshots))
 }

@@ -72,6 +72,12 @@ pub struct LogStoreOptions {
     /// checkpointed hold this many bytes. With the batch being checkpointed,
     /// the store holds at most twice this (plus one write) in memory.
     pub max_pending_bytes: u64,
+    /// A fault-injection aid, off by default: after every flush of the
+    /// write-ahead log, record the durable end of the log in
+    /// `log.redb.wal/synced-position` (one unflushed `pwrite` per flush),
+    /// so that [`crate::fault_injection::discard_unsynced_writes`] can cut a
+    /// stopped store back to what a power failure would have left.
+    pub record_synced_position: bool,
 }
 
 impl Default for LogStoreOptions {
@@ -86,6 +92,7 @@ impl Default for LogStoreOptions {
             checkpoint_bytes: 16 << 20,
             checkpoint_interval: Duration::from_secs(1),
             max_pending_bytes: 64 << 20,
+            record_synced_position: false,
         }
     }
 }
@@ -277,7 +284,7 @@ impl Drop for Handle {
 }
 
 /// The WAL directory of the database at `path`: `<path>.wal`.
-fn wal_directory(path: &Path) -> PathBuf {
+pub(crate) fn wal_directory(path: &Path) -> PathBuf {
     let mut name = path.file_name().map(|name| name.to_os_string()).unwrap_or_default();
     name.push(".wal");
     path.with_file_name(name)
@@ -525,21 +532,26 @@ impl Shared {
         }
         let (mut base, checkpoint_seq) = log_tables::base(&database)?;
         let mut layer = Layer::default();
-        let recovered = wal::recover(&wal_dir, options.wal_segment_bytes, checkpoint_seq, |seq, body| {
-            let write = wal::decode_body(body).map_err(|problem| {
-                StorageError::Corrupt(format!("write-ahead log record {seq}: {problem}"))
+        let mut recovered =
+            wal::recover(&wal_dir, options.wal_segment_bytes, checkpoint_seq, |seq, body| {
+                let write = wal::decode_body(body).map_err(|problem| {
+                    StorageError::Corrupt(format!("write-ahead log record {seq}: {problem}"))
+                })?;
+                check_consecutive(&write.entries).map_err(|error| {
+                    StorageError::Corrupt(format!("write-ahead log record {seq}: {error}"))
+                })?;
+                layer.apply(seq, write.install_snapshot, write.entries, write.hard_state);
+                if layer.bytes >= options.max_pending_bytes {
+                    // A long WAL (written with other options) is checkpointed as
+                    // it is replayed, so replay stays within the memory bound.
+                    let replayed = std::mem::take(&mut layer);
+                    base = apply_checkpoint(&database, &replayed, base, options.two_phase_commit)?;
+                }
+                Ok(())
             })?;
-            check_consecutive(&write.entries)
-                .map_err(|error| StorageError::Corrupt(format!("write-ahead log record {seq}: {error}")))?;
-            layer.apply(seq, write.install_snapshot, write.entries, write.hard_state);
-            if layer.bytes >= options.max_pending_bytes {
-                // A long WAL (written with other options) is checkpointed as
-                // it is replayed, so replay stays within the memory bound.
-                let replayed = std::mem::take(&mut layer);
-                base = apply_checkpoint(&database, &replayed, base, options.two_phase_commit)?;
-            }
-            Ok(())
-        })?;
+        if options.record_synced_position {
+            recovered.writer.attach_synced_marker(&wal_dir)?;
+        }
         if recovered.torn_tail {
             tracing::warn!(
                 wal = %wal_dir.display(),

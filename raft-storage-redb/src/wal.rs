@@ -55,6 +55,9 @@ const RECORD_ALIGNMENT: usize = 8;
 const KIND_LOG_WRITE: u8 = 1;
 const SEGMENT_SUFFIX: &str = ".seg";
 const CREATING_SUFFIX: &str = ".seg.creating";
+/// The file (in the WAL directory) where the durable end of the log is
+/// recorded when [`crate::LogStoreOptions::record_synced_position`] is on.
+pub const SYNCED_MARKER_FILE_NAME: &str = "synced-position";
 /// Zeros are written in pieces of this size when a segment is created, so
 /// creating a 64 MiB segment needs only this much memory.
 const ZERO_FILL_BYTES: usize = 1 << 20;
@@ -358,6 +361,9 @@ pub(crate) struct WalWriter {
     /// Whether the current segment holds records not yet flushed.
     unsynced: bool,
     buffer: Vec<u8>,
+    /// Where the durable end of the log is recorded after every flush, when
+    /// [`crate::LogStoreOptions::record_synced_position`] asks for it.
+    synced_marker: Option<File>,
 }
 
 /// The most memory the encode buffer keeps between writes; a larger write
@@ -381,16 +387,17 @@ impl WalWriter {
         segment.file.write_all_at(&buffer, self.offset)?;
         if write.sync {
             segment.file.sync_data()?;
-            self.unsynced = false;
-        } else {
-            self.unsynced = true;
         }
+        self.unsynced = !write.sync;
         self.offset += record_bytes;
         if self.offset * 2 > segment.capacity {
             files.spare_wanted.store(true, Ordering::SeqCst);
         }
         self.current_last_seq = Some(seq);
         self.next_seq += 1;
+        if write.sync {
+            self.record_synced_position()?;
+        }
         if buffer.capacity() <= KEPT_BUFFER_BYTES {
             self.buffer = buffer;
         }
@@ -404,7 +411,30 @@ impl WalWriter {
                 segment.file.sync_data()?;
             }
             self.unsynced = false;
+            self.record_synced_position()?;
         }
+        Ok(())
+    }
+
+    /// Starts recording the durable end of the log in `directory`'s
+    /// [`SYNCED_MARKER_FILE_NAME`], beginning with the current position,
+    /// which recovery has just made durable.
+    pub(crate) fn attach_synced_marker(&mut self, directory: &Path) -> Result<(), StorageError> {
+        let path = directory.join(SYNCED_MARKER_FILE_NAME);
+        self.synced_marker = Some(OpenOptions::new().create(true).write(true).truncate(true).open(path)?);
+        self.record_synced_position()
+    }
+
+    /// Overwrites the marker with the current segment and offset. The
+    /// marker itself is not synced: it only has to survive the process
+    /// (`kill -9`), not the machine, for a fault-injection tool to cut the
+    /// log back to it. A segment of number 0 that does not exist yet means
+    /// nothing is durable.
+    fn record_synced_position(&self) -> Result<(), StorageError> {
+        let Some(marker) = &self.synced_marker else { return Ok(()) };
+        let number = self.current.as_ref().map_or(0, |segment| segment.number);
+        let line = format!("{number:020} {:020}\n", self.offset);
+        marker.write_all_at(line.as_bytes(), 0)?;
         Ok(())
     }
 
@@ -545,15 +575,7 @@ pub(crate) fn recover(
     // Zero the torn tail so that a later record written there is never
     // followed by leftovers of the torn one.
     for (index, from, to) in &to_zero {
-        let file = OpenOptions::new().write(true).open(&segments[*index].1)?;
-        let zeros = vec![0u8; ZERO_FILL_BYTES.min(to - from)];
-        let mut at = *from;
-        while at < *to {
-            let piece = (to - at).min(zeros.len());
-            file.write_all_at(&zeros[..piece], at as u64)?;
-            at += piece;
-        }
-        file.sync_data()?;
+        zero_range(&segments[*index].1, *from, *to)?;
     }
     let torn_tail = !to_zero.is_empty();
     let last_seq = expected.map(|next| next - 1);
@@ -566,10 +588,17 @@ pub(crate) fn recover(
         next_seq,
         unsynced: false,
         buffer: Vec::new(),
+        synced_marker: None,
     };
     if let Some((index, offset, last)) = position {
         let (number, path) = &segments[index];
         let file = OpenOptions::new().read(true).write(true).open(path)?;
+        // The process that wrote the last records may have been killed
+        // between writing one and flushing it: the record then sits in the
+        // page cache, readable but not durable. It is about to be treated
+        // as logged (and acknowledged to peers), so it is flushed first.
+        // Earlier segments were flushed before the writer left them.
+        file.sync_data()?;
         let capacity = file.metadata()?.len();
         writer.current = Some(OpenSegment { number: *number, file, capacity });
         writer.offset = offset;
@@ -592,6 +621,66 @@ pub(crate) fn recover(
         spare_wanted: AtomicBool::new(spare_wanted),
     };
     Ok(Recovered { files, writer, last_seq, torn_tail })
+}
+
+/// Overwrites bytes `from..to` of the segment at `path` with zeros and
+/// flushes them.
+fn zero_range(path: &Path, from: usize, to: usize) -> Result<(), StorageError> {
+    let file = OpenOptions::new().write(true).open(path)?;
+    let zeros = vec![0u8; ZERO_FILL_BYTES.min(to.saturating_sub(from))];
+    let mut at = from;
+    while at < to {
+        let piece = (to - at).min(zeros.len());
+        file.write_all_at(&zeros[..piece], at as u64)?;
+        at += piece;
+    }
+    file.sync_data()?;
+    Ok(())
+}
+
+/// Fault injection: cuts the stopped store's write-ahead log in `directory`
+/// back to the durable end its [`SYNCED_MARKER_FILE_NAME`] recorded, as if
+/// the machine had lost power and every write not yet flushed with it.
+/// Zeroes what follows the marked offset in the marked segment and every
+/// record of later segments (segments are preallocated and zero-filled,
+/// so zeros are what such a disk would hold). Returns how many bytes of
+/// records were dropped.
+pub(crate) fn discard_unsynced(directory: &Path) -> Result<u64, StorageError> {
+    let marker_path = directory.join(SYNCED_MARKER_FILE_NAME);
+    let marker = fs::read_to_string(&marker_path).map_err(|error| {
+        StorageError::Backend(format!(
+            "reading {}: {error} (the store must run with record_synced_position)",
+            marker_path.display()
+        ))
+    })?;
+    let malformed =
+        || StorageError::Corrupt(format!("{}: malformed marker {marker:?}", marker_path.display()));
+    let mut fields = marker.split_whitespace().map(str::parse::<u64>);
+    let (Some(Ok(synced_segment)), Some(Ok(synced_offset)), None) =
+        (fields.next(), fields.next(), fields.next())
+    else {
+        return Err(malformed());
+    };
+    if synced_offset < SEGMENT_HEADER_BYTES {
+        return Err(malformed());
+    }
+    let mut dropped = 0u64;
+    for (number, path) in list_segments(directory)? {
+        let from = match number.cmp(&synced_segment) {
+            std::cmp::Ordering::Less => continue,
+            std::cmp::Ordering::Equal => synced_offset as usize,
+            std::cmp::Ordering::Greater => SEGMENT_HEADER_BYTES as usize,
+        };
+        let bytes = read_segment(&path, number)?;
+        if from >= bytes.len() {
+            continue;
+        }
+        if let Some(last) = last_nonzero(&bytes[from..]) {
+            dropped += last as u64 + 1;
+            zero_range(&path, from, from + last + 1)?;
+        }
+    }
+    Ok(dropped)
 }
 
 /// Reads a whole segment and checks its header and length. The buffer is

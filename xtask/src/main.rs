@@ -46,7 +46,7 @@ tasks:
         build raft-node and raft-chaos (debug, or --release) and run N nodes on 127.<B>.0.x (default
         subnet 77) with --dangerous-fault-injection; C clients (default 6) read, write and compare-and-set
         a few keys on random nodes while faults from LIST (default all: kill, pause, partition, delay,
-        drop, torn, membership, transfer) follow a schedule drawn from seed S. D is like 90s, 10m, 2h
+        drop, torn, unsynced, membership, transfer) follow a schedule drawn from seed S. D is like 90s, 10m, 2h
         (default 60s). Partitions need nftables (apt-get install -y nftables) and root. Then everything
         heals, the replicas must converge to one digest, every key is read, and the history is checked
         for linearizability and lost acknowledged writes. Writes target/chaos/S/{report.md,timeline.svg,

@@ -226,7 +226,8 @@ pub(crate) fn encode_message<T: Serialize>(message: &T) -> Bytes {
     // Sized first, so the buffer is exactly as long as the encoding: a
     // command lives on as a log entry until compaction, and a buffer grown
     // by doubling would carry up to twice its length in spare capacity.
-    let length = postcard::experimental::serialized_size(message).expect("key-value messages always serialize");
+    let length =
+        postcard::experimental::serialized_size(message).expect("key-value messages always serialize");
     let encoded = postcard::to_extend(message, Vec::with_capacity(length))
         .expect("key-value messages always serialize");
     Bytes::from(encoded)

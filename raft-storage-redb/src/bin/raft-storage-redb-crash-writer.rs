@@ -3,7 +3,13 @@
 //! write that ends at index N is durable. The test kills it at random
 //! moments and checks that every acknowledged entry survived.
 //!
-//! Usage: `raft-storage-redb-crash-writer DIRECTORY SEED`
+//! With `--unsynced`, the store records its durable end
+//! (`LogStoreOptions::record_synced_position`) and every acknowledged
+//! write is followed by one that only moves the commit index without a
+//! flush, as the runtime does, so a kill often leaves an unflushed record
+//! for the test to discard as a power failure would.
+//!
+//! Usage: `raft-storage-redb-crash-writer DIRECTORY SEED [--unsynced]`
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -12,7 +18,7 @@ use std::process::ExitCode;
 use bytes::Bytes;
 use raft_core::storage::{LogStore, LogWrite};
 use raft_core::types::{Entry, EntryPayload, HardState, LogIndex, Membership, NodeId, SnapshotMeta, Term};
-use raft_storage_redb::RedbLogStore;
+use raft_storage_redb::{LogStoreOptions, RedbLogStore};
 
 /// The payload of the entry at `index`: derived from the index, so a reader
 /// can check every byte without knowing what was written.
@@ -42,8 +48,11 @@ fn next_random(state: &mut u64) -> u64 {
     z ^ (z >> 31)
 }
 
-async fn run(directory: PathBuf, mut random: u64) -> Result<(), String> {
-    let log = RedbLogStore::open(directory.join("log.redb")).map_err(|e| format!("open: {e}"))?;
+async fn run(directory: PathBuf, mut random: u64, unsynced: bool) -> Result<(), String> {
+    let mut options = LogStoreOptions::default();
+    options.record_synced_position = unsynced;
+    let log =
+        RedbLogStore::open_with(directory.join("log.redb"), options).map_err(|e| format!("open: {e}"))?;
     let state = log.read_state().await.map_err(|e| format!("read_state: {e}"))?;
     let mut last = state.snapshot.as_ref().map_or(0, |s| s.last_index.get());
     for entry in &state.entries {
@@ -58,13 +67,26 @@ async fn run(directory: PathBuf, mut random: u64) -> Result<(), String> {
     loop {
         let batch = 1 + next_random(&mut random) % 16;
         let entries: Vec<Entry> = (last + 1..=last + batch).map(entry).collect();
+        let previous = last;
         last += batch;
-        let hard_state = HardState { term: Term(1), vote: NodeId(1), commit: LogIndex(last) };
+        let commit = if unsynced { previous } else { last };
+        let hard_state = HardState { term: Term(1), vote: NodeId(1), commit: LogIndex(commit) };
         log.write(LogWrite { install_snapshot: None, entries, hard_state: Some(hard_state), sync: true })
             .await
             .map_err(|e| format!("write: {e}"))?;
         writeln!(stdout, "acked {last}").map_err(|e| e.to_string())?;
         stdout.flush().map_err(|e| e.to_string())?;
+        if unsynced {
+            let hard_state = HardState { term: Term(1), vote: NodeId(1), commit: LogIndex(last) };
+            log.write(LogWrite {
+                install_snapshot: None,
+                entries: Vec::new(),
+                hard_state: Some(hard_state),
+                sync: false,
+            })
+            .await
+            .map_err(|e| format!("write: {e}"))?;
+        }
         // Now and then take a snapshot and compact, so kills also land in
         // the middle of those.
         if next_random(&mut random).is_multiple_of(20) {
@@ -83,8 +105,16 @@ async fn run(directory: PathBuf, mut random: u64) -> Result<(), String> {
 fn main() -> ExitCode {
     let mut arguments = std::env::args().skip(1);
     let (Some(directory), Some(seed)) = (arguments.next(), arguments.next()) else {
-        eprintln!("usage: raft-storage-redb-crash-writer DIRECTORY SEED");
+        eprintln!("usage: raft-storage-redb-crash-writer DIRECTORY SEED [--unsynced]");
         return ExitCode::from(2);
+    };
+    let unsynced = match arguments.next().as_deref() {
+        None => false,
+        Some("--unsynced") => true,
+        Some(other) => {
+            eprintln!("unknown argument {other:?}; usage: raft-storage-redb-crash-writer DIRECTORY SEED [--unsynced]");
+            return ExitCode::from(2);
+        }
     };
     let Ok(seed) = seed.parse::<u64>() else {
         eprintln!("the seed must be a number, got {seed}");
@@ -97,7 +127,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(PathBuf::from(directory), seed)) {
+    match runtime.block_on(run(PathBuf::from(directory), seed, unsynced)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("crash writer: {error}");

@@ -24,10 +24,11 @@ fn payload(index: u64) -> Vec<u8> {
     data
 }
 
-fn spawn_writer(directory: &Path, seed: u64) -> Child {
+fn spawn_writer(directory: &Path, seed: u64, unsynced: bool) -> Child {
     Command::new(env!("CARGO_BIN_EXE_raft-storage-redb-crash-writer"))
         .arg(directory)
         .arg(seed.to_string())
+        .args(unsynced.then_some("--unsynced"))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -47,8 +48,8 @@ fn child_error(child: &mut Child) -> String {
 /// Runs one writer until it acknowledged `acks` writes, then kills it with
 /// SIGKILL (mid-write, most likely: it writes continuously). Returns the
 /// index it started from and the highest index it acknowledged.
-fn run_and_kill(directory: &Path, seed: u64, acks: u64) -> (u64, u64) {
-    let mut child = spawn_writer(directory, seed);
+fn run_and_kill(directory: &Path, seed: u64, acks: u64, unsynced: bool) -> (u64, u64) {
+    let mut child = spawn_writer(directory, seed, unsynced);
     let stdout = child.stdout.take().expect("piped stdout");
     let mut lines = BufReader::new(stdout).lines();
     let start = match lines.next() {
@@ -79,7 +80,7 @@ fn two_hundred_kills_lose_no_acknowledged_entry() {
         let acks = 1 + (random >> 33) % 40;
         // The writer checks every entry it finds before it starts; it starts
         // from the last one, which must cover everything acknowledged.
-        let (start, acknowledged) = run_and_kill(directory.path(), round, acks);
+        let (start, acknowledged) = run_and_kill(directory.path(), round, acks, false);
         assert!(
             start >= highest_acknowledged,
             "round {round}: the log ends at {start} but {highest_acknowledged} was acknowledged"
@@ -101,6 +102,47 @@ fn two_hundred_kills_lose_no_acknowledged_entry() {
         assert!(expected > highest_acknowledged, "every acknowledged entry survived the last kill");
         assert!(state.hard_state.commit.get() >= highest_acknowledged.min(expected - 1));
     });
+}
+
+/// After each kill, everything not flushed is thrown away, as a power
+/// failure would (the store recorded where its flushed log ends): no
+/// acknowledged write may depend on an unflushed one.
+#[test]
+fn fifty_power_failures_lose_only_unflushed_writes() {
+    let directory = tempfile::tempdir().unwrap();
+    let log_path = directory.path().join("log.redb");
+    let mut highest_acknowledged = 0;
+    let mut dropped_bytes = 0;
+    for round in 0..50 {
+        let (start, acknowledged) = run_and_kill(directory.path(), round, 1 + round % 7, true);
+        assert!(
+            start >= highest_acknowledged,
+            "round {round}: the log ends at {start} but {highest_acknowledged} was acknowledged"
+        );
+        highest_acknowledged = acknowledged;
+        dropped_bytes += raft_storage_redb::fault_injection::discard_unsynced_writes(&log_path)
+            .unwrap_or_else(|error| panic!("round {round}: discarding the unflushed writes: {error}"));
+    }
+    // Every acknowledged write is followed by an unflushed one, so some
+    // kills land before its flush: the test really dropped records.
+    assert!(dropped_bytes > 0, "no kill left an unflushed record to drop");
+    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    runtime.block_on(async {
+        let log = RedbLogStore::open(&log_path).expect("the store opens after the power failures");
+        let state = log.read_state().await.expect("the log reads");
+        let last = state.entries.last().map_or(0, |entry| entry.index.get());
+        assert!(last >= highest_acknowledged, "every acknowledged entry survived");
+    });
+}
+
+#[test]
+fn a_missing_synced_position_marker_is_a_clear_error() {
+    let directory = tempfile::tempdir().unwrap();
+    let log_path = directory.path().join("log.redb");
+    drop(RedbLogStore::open(&log_path).unwrap());
+    let error = raft_storage_redb::fault_injection::discard_unsynced_writes(&log_path)
+        .expect_err("a store that did not record its synced position cannot be cut back");
+    assert!(error.to_string().contains("record_synced_position"), "{error}");
 }
 
 #[test]
