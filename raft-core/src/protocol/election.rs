@@ -99,8 +99,9 @@ impl Engine {
 
     /// Restarts the election timer with a fresh randomized timeout. Raft
     /// restarts it only when a server hears from the current leader, grants
-    /// a vote, or starts an election of its own (§5.2, Figure 2);
-    /// `become_follower` says why a higher term alone must not.
+    /// a vote, or starts an election of its own (§5.2, Figure 2); this
+    /// engine also restarts it when its own campaign lost. `become_follower`
+    /// says why a higher term alone must not.
     pub(super) fn restart_election_timer(&mut self) {
         self.election_elapsed = 0;
         self.reset_randomized_election_timeout();
@@ -135,13 +136,14 @@ impl Engine {
     /// The election timer restarts only if `leader` is known (this server
     /// has just heard from the leader of `term`) or if this server was the
     /// leader. Otherwise (a higher term seen in a vote request or a vote
-    /// answer, or a campaign that lost) the timer keeps running: Figure 2
-    /// restarts it only on hearing from the current leader or on granting a
-    /// vote, and a vote granted afterwards restarts it in
-    /// `handle_request_vote`. Restarting it here would let a candidate whose
-    /// log is too short to win (§5.4.1) hold every other server back by a
-    /// full timeout, and would line up the timers of the servers that can
-    /// win, so that they split the next vote.
+    /// answer) the timer keeps running: Figure 2 restarts it only on
+    /// hearing from the current leader or on granting a vote, and a vote
+    /// granted afterwards restarts it in `handle_request_vote`. Restarting
+    /// it here would let a candidate whose log is too short to win (§5.4.1)
+    /// hold every other server back by a full timeout, and would line up
+    /// the timers of the servers that can win, so that they split the next
+    /// vote. (A campaign that lost restarts the loser's own timer; see
+    /// `handle_vote_response`.)
     ///
     /// A leader has no election timer of its own running (its
     /// `election_elapsed` counts CheckQuorum windows, and its randomized
@@ -304,7 +306,20 @@ impl Engine {
         match self.poll() {
             Poll::Won if expected == VoteKind::PreVote => self.campaign(VoteKind::Vote, false),
             Poll::Won => self.become_leader(),
-            Poll::Lost => self.become_follower(self.term, NodeId::NONE),
+            Poll::Lost => {
+                // A majority refused, because their logs are ahead of this
+                // one (§5.4.1) or they voted for another candidate of this
+                // term. Figure 2's candidate would wait out its timeout and
+                // campaign again; this node gives up the term instead and
+                // restarts its own timer (as etcd does), backing off from
+                // the time it learned it lost. The back-off delays only the
+                // loser: campaigning again at the old deadline could only
+                // disrupt the candidate that is winning, and the delays of
+                // the refusals spread the timers of servers that campaigned
+                // together, so they do not split the next vote too.
+                self.become_follower(self.term, NodeId::NONE);
+                self.restart_election_timer();
+            }
             Poll::Pending => {}
         }
     }
