@@ -5,6 +5,7 @@
 //! ```text
 //! cargo xtask figure16 [--trials 1000] [--tick-us 100] [--variant both|engine|paper]
 //!                      [--threads 2] [--seed S] [--out target/figure16]
+//!                      [--request-delay-us 4500-8500] [--answer-delay-us 4500-8500]
 //! ```
 //!
 //! The paper's method, followed here: a five-server cluster with a
@@ -35,9 +36,18 @@
 //! timers have not run out. `paper` switches both off: the algorithm the
 //! paper measured.
 //!
-//! Output: a Markdown table (median, mean, p90, p99, worst per range) on
-//! stdout and in `OUT/figure16.md`, and the CDFs as SVG in
-//! `OUT/figure16-<variant>.svg`, with the paper's reported figures marked.
+//! `--request-delay-us` and `--answer-delay-us` are for sensitivity checks
+//! only: they split the broadcast time differently between a request's trip
+//! (vote requests, AppendEntries, heartbeats) and its answer's, for example
+//! to model a voter whose answer waits for its disk. The defaults are the
+//! experiment above.
+//!
+//! Output: a Markdown table (median, mean, p90, p99, worst per range, the
+//! mean time from the crash to the first survivor's campaign, and the mean
+//! number of candidacies per finished trial: more than one means several
+//! servers stood, in one term or in successive ones) on stdout and in
+//! `OUT/figure16.md`, and the CDFs as SVG in `OUT/figure16-<variant>.svg`,
+//! with the paper's reported figures marked.
 
 #[path = "support/svg.rs"]
 mod svg;
@@ -103,6 +113,29 @@ struct Options {
     /// A trial that has not elected a leader after this long is recorded
     /// as unfinished (the paper's no-randomness case can run for seconds).
     cap_ms: u64,
+    /// The one-way delay of requests and of answers (µs, uniform).
+    delays: Delays,
+}
+
+/// One-way delays (µs, uniform in each range): of requests (vote requests,
+/// AppendEntries, heartbeats, ...) and of their answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Delays {
+    request_micros: (u64, u64),
+    answer_micros: (u64, u64),
+}
+
+impl Delays {
+    fn is_default(&self) -> bool {
+        *self == Delays { request_micros: DELAY_MICROS, answer_micros: DELAY_MICROS }
+    }
+}
+
+/// Parses "LOW-HIGH" (µs).
+fn parse_range(text: &str) -> Option<(u64, u64)> {
+    let (low, high) = text.split_once('-')?;
+    let (low, high) = (low.parse().ok()?, high.parse().ok()?);
+    (low <= high).then_some((low, high))
 }
 
 fn parse_options() -> Result<Options, String> {
@@ -114,6 +147,7 @@ fn parse_options() -> Result<Options, String> {
         seed: 16,
         out: PathBuf::from("target/figure16"),
         cap_ms: 100_000,
+        delays: Delays { request_micros: DELAY_MICROS, answer_micros: DELAY_MICROS },
     };
     let mut arguments = std::env::args().skip(1);
     while let Some(argument) = arguments.next() {
@@ -126,6 +160,15 @@ fn parse_options() -> Result<Options, String> {
             "--seed" => options.seed = number(value()?)?,
             "--cap-ms" => options.cap_ms = number(value()?)?,
             "--out" => options.out = PathBuf::from(value()?),
+            "--request-delay-us" | "--answer-delay-us" => {
+                let range =
+                    parse_range(&value()?).ok_or_else(|| format!("{argument} takes LOW-HIGH in µs"))?;
+                if argument == "--request-delay-us" {
+                    options.delays.request_micros = range;
+                } else {
+                    options.delays.answer_micros = range;
+                }
+            }
             "--variant" => {
                 options.variants = match value()?.as_str() {
                     "both" => vec![Variant::Engine, Variant::Paper],
@@ -136,7 +179,8 @@ fn parse_options() -> Result<Options, String> {
             }
             "--help" | "-h" => {
                 return Err("usage: figure16 [--trials 1000] [--tick-us 100] [--variant both|engine|paper] \
-                            [--threads N] [--seed S] [--cap-ms 100000] [--out DIR]"
+                            [--threads N] [--seed S] [--cap-ms 100000] [--out DIR] \
+                            [--request-delay-us 4500-8500] [--answer-delay-us 4500-8500]"
                     .into())
             }
             other => return Err(format!("unknown argument {other:?} (try --help)")),
@@ -174,6 +218,11 @@ struct Trial {
     downtime_micros: Option<u64>,
     /// Terms the election took (1 = the first candidate won).
     elections: u64,
+    /// Crash to the first survivor's campaign (pre-vote or vote): how long
+    /// the crash took to detect.
+    detection_micros: Option<u64>,
+    /// Candidacies the survivors started (several in one term split it).
+    candidacies: u64,
 }
 
 /// One range's trials, in trial order.
@@ -195,27 +244,49 @@ impl RangeResult {
         self.trials.iter().filter(|t| t.downtime_micros.is_none()).count()
     }
 
+    /// The mean downtime of the finished trials (NaN if none finished).
     fn mean_ms(&self) -> f64 {
         let values = self.sorted_ms();
-        values.iter().sum::<f64>() / values.len().max(1) as f64
+        values.iter().sum::<f64>() / values.len() as f64
+    }
+
+    /// The mean time from the crash to the first campaign, in ms, over
+    /// every trial (finished or not; NaN if there is none).
+    fn mean_detection_ms(&self) -> f64 {
+        let values: Vec<f64> =
+            self.trials.iter().filter_map(|t| t.detection_micros).map(|us| us as f64 / 1000.0).collect();
+        values.iter().sum::<f64>() / values.len() as f64
+    }
+
+    /// The mean number of candidacies per finished trial (NaN if none
+    /// finished).
+    fn mean_candidacies(&self) -> f64 {
+        let finished: Vec<&Trial> = self.trials.iter().filter(|t| t.downtime_micros.is_some()).collect();
+        finished.iter().map(|t| t.candidacies).sum::<u64>() as f64 / finished.len() as f64
     }
 }
 
 fn run(options: &Options) -> Result<(), String> {
     std::fs::create_dir_all(&options.out).map_err(|e| format!("creating {}: {e}", options.out.display()))?;
-    let broadcast = broadcast_time_ms(options.seed);
+    let broadcast = broadcast_time_ms(options.seed, options.delays);
     let mut report = String::new();
+    let ms =
+        |micros: (u64, u64)| format!("{:.1}–{:.1} ms", micros.0 as f64 / 1000.0, micros.1 as f64 / 1000.0);
+    let delays = if options.delays.is_default() {
+        format!("one-way delay uniform {}", ms(DELAY_MICROS))
+    } else {
+        format!(
+            "one-way delay uniform {} for requests and {} for answers (a sensitivity check, not the \
+             experiment's default)",
+            ms(options.delays.request_micros),
+            ms(options.delays.answer_micros)
+        )
+    };
     let _ = writeln!(
         report,
-        "Five servers; one-way delay uniform {:.1}–{:.1} ms (broadcast time: mean {:.1} ms, p50 {:.1} ms); \
+        "Five servers; {delays} (broadcast time: mean {:.1} ms, p50 {:.1} ms); \
          tick {} µs; heartbeat interval half the minimum timeout; {} trials per range; seed {}.\n",
-        DELAY_MICROS.0 as f64 / 1000.0,
-        DELAY_MICROS.1 as f64 / 1000.0,
-        broadcast.0,
-        broadcast.1,
-        options.tick_micros,
-        options.trials,
-        options.seed
+        broadcast.0, broadcast.1, options.tick_micros, options.trials, options.seed
     );
     for &variant in &options.variants {
         let started = Instant::now();
@@ -257,7 +328,8 @@ fn run(options: &Options) -> Result<(), String> {
 /// Runs one range's trials on `options.threads` threads.
 fn run_range(options: &Options, variant: Variant, range_index: u64, range_ms: (u64, u64)) -> Vec<Trial> {
     let threads = options.threads.min(options.trials.max(1));
-    let mut trials = vec![Trial { downtime_micros: None, elections: 0 }; options.trials];
+    let unfinished = Trial { downtime_micros: None, elections: 0, detection_micros: None, candidacies: 0 };
+    let mut trials = vec![unfinished; options.trials];
     std::thread::scope(|scope| {
         let chunk = options.trials.div_ceil(threads).max(1);
         for (part_index, part) in trials.chunks_mut(chunk).enumerate() {
@@ -297,14 +369,13 @@ impl Rng {
 
 /// The mean and median broadcast time the delay model gives: a leader
 /// sends to four followers and the last answer returns.
-fn broadcast_time_ms(seed: u64) -> (f64, f64) {
+fn broadcast_time_ms(seed: u64, delays: Delays) -> (f64, f64) {
     let mut rng = Rng::new(seed);
+    let (request, answer) = (delays.request_micros, delays.answer_micros);
     let mut samples: Vec<f64> = (0..100_000)
         .map(|_| {
             (0..SERVERS - 1)
-                .map(|_| {
-                    rng.between(DELAY_MICROS.0, DELAY_MICROS.1) + rng.between(DELAY_MICROS.0, DELAY_MICROS.1)
-                })
+                .map(|_| rng.between(request.0, request.1) + rng.between(answer.0, answer.1))
                 .max()
                 .unwrap_or(0) as f64
                 / 1000.0
@@ -363,10 +434,14 @@ struct World {
     starve_entries: [bool; SERVERS],
     /// When the leader last sent heartbeats to every follower at once.
     last_heartbeat_micros: Option<u64>,
+    delays: Delays,
+    /// Set at the crash: the first campaign after it is recorded.
+    watch_campaigns: bool,
+    first_campaign_micros: Option<u64>,
 }
 
 impl World {
-    fn new(config_for: impl Fn(NodeId) -> Config, tick_micros: u64, mut rng: Rng) -> World {
+    fn new(config_for: impl Fn(NodeId) -> Config, tick_micros: u64, delays: Delays, mut rng: Rng) -> World {
         let membership = Membership::with_voters((1..=SERVERS as u64).map(NodeId));
         let servers = (1..=SERVERS as u64)
             .map(|id| Server {
@@ -387,6 +462,9 @@ impl World {
             rng,
             starve_entries: [false; SERVERS],
             last_heartbeat_micros: None,
+            delays,
+            watch_campaigns: false,
+            first_campaign_micros: None,
         }
     }
 
@@ -419,7 +497,17 @@ impl World {
             self.now_micros = at;
             let server = &mut self.servers[index];
             server.next_tick_micros += self.tick_micros;
+            // Campaigns start on a timer, so only ticks can start the first.
+            let campaigns =
+                |engine: &Engine| engine.stats().pre_votes_started + engine.stats().elections_started;
+            let before = campaigns(&server.engine);
             server.engine.tick();
+            if self.watch_campaigns
+                && self.first_campaign_micros.is_none()
+                && campaigns(&server.engine) > before
+            {
+                self.first_campaign_micros = Some(at);
+            }
             self.drain(index);
         }
     }
@@ -454,7 +542,16 @@ impl World {
         {
             return;
         }
-        let delay = self.rng.between(DELAY_MICROS.0, DELAY_MICROS.1);
+        let answer = matches!(
+            message.body,
+            MessageBody::RequestVoteResponse(_)
+                | MessageBody::AppendEntriesResponse(_)
+                | MessageBody::HeartbeatResponse(_)
+                | MessageBody::InstallSnapshotResponse(_)
+                | MessageBody::ReadIndexResponse(_)
+        );
+        let range = if answer { self.delays.answer_micros } else { self.delays.request_micros };
+        let delay = self.rng.between(range.0, range.1);
         let link = from * SERVERS + to;
         let arrival = (self.now_micros + delay).max(self.link_arrival_micros[link]);
         self.link_arrival_micros[link] = arrival;
@@ -522,8 +619,8 @@ fn run_trial(options: &Options, variant: Variant, range_ms: (u64, u64), seed: u6
         config.random_seed = engine_seed ^ id.get().wrapping_mul(0x9E37_79B9);
         config
     };
-    let mut world = World::new(config_for, tick_micros, Rng::new(rng.next_u64()));
-    let unfinished = Trial { downtime_micros: None, elections: 0 };
+    let mut world = World::new(config_for, tick_micros, options.delays, Rng::new(rng.next_u64()));
+    let unfinished = Trial { downtime_micros: None, elections: 0, detection_micros: None, candidacies: 0 };
 
     // A first leader, with every server caught up.
     let first = rng.between(0, SERVERS as u64 - 1) as usize;
@@ -550,7 +647,7 @@ fn run_trial(options: &Options, variant: Variant, range_ms: (u64, u64), seed: u6
     world.starve_entries[followers[3]] = true;
     let _ = world.servers[leader].engine.propose(Bytes::from_static(b"a"), None);
     world.drain(leader);
-    world.run_to(world.now_micros + 2 * DELAY_MICROS.1);
+    world.run_to(world.now_micros + options.delays.request_micros.1 + options.delays.answer_micros.1);
     world.starve_entries[followers[2]] = true;
     let Ok((_, index)) = world.servers[leader].engine.propose(Bytes::from_static(b"b"), None) else {
         return unfinished;
@@ -573,16 +670,25 @@ fn run_trial(options: &Options, variant: Variant, range_ms: (u64, u64), seed: u6
     let crashed_term: Term = world.servers[leader].engine.term();
     world.servers[leader].alive = false;
     let crashed_at = world.now_micros;
+    world.watch_campaigns = true;
+    let candidacies = |w: &World| -> u64 {
+        w.servers.iter().filter(|s| s.alive).map(|s| s.engine.stats().elections_started).sum()
+    };
+    let candidacies_before = candidacies(&world);
     let elected = world.run_until(crashed_at + options.cap_ms * 1000, |w| {
         w.leader().is_some_and(|l| w.servers[l].engine.term() > crashed_term)
     });
-    if !elected {
-        return unfinished;
-    }
-    let new_term = world.leader().map_or(crashed_term, |l| world.servers[l].engine.term());
+    // Unfinished trials keep their detection time and terms; the highest
+    // term a survivor reached counts the elections.
+    let new_term = match world.leader() {
+        Some(l) if elected => world.servers[l].engine.term(),
+        _ => world.servers.iter().filter(|s| s.alive).map(|s| s.engine.term()).max().unwrap_or(crashed_term),
+    };
     Trial {
-        downtime_micros: Some(world.now_micros - crashed_at),
+        downtime_micros: elected.then(|| world.now_micros - crashed_at),
         elections: new_term.get().saturating_sub(crashed_term.get()),
+        detection_micros: world.first_campaign_micros.map(|at| at - crashed_at),
+        candidacies: candidacies(&world) - candidacies_before,
     }
 }
 
@@ -600,9 +706,10 @@ fn table(variant: Variant, results: &[RangeResult], cap_ms: u64) -> String {
     let _ = writeln!(out, "{}:\n", variant.description());
     let _ = writeln!(
         out,
-        "| election timeout | trials | median ms | mean ms | p90 ms | p99 ms | worst ms | > 1 election | paper |"
+        "| election timeout | trials | median ms | mean ms | p90 ms | p99 ms | worst ms | > 1 election \
+         | first campaign ms | candidacies | paper |"
     );
-    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---|");
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
     for result in results {
         let sorted = result.sorted_ms();
         let (low, high) = result.range_ms;
@@ -625,16 +732,26 @@ fn table(variant: Variant, results: &[RangeResult], cap_ms: u64) -> String {
             0 => String::new(),
             n => format!(" ({n} over {} s)", cap_ms / 1000),
         };
+        // A figure over no finished trial prints as a dash.
+        let number = |value: f64, decimals: usize| {
+            if value.is_finite() {
+                format!("{value:.decimals$}")
+            } else {
+                "–".to_string()
+            }
+        };
         let _ = writeln!(
             out,
-            "| {low}–{high} ms | {}{unfinished} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1}% | {paper} |",
+            "| {low}–{high} ms | {}{unfinished} | {} | {} | {} | {} | {} | {:.1}% | {} | {} | {paper} |",
             result.trials.len(),
-            quantile(&sorted, 0.5),
-            result.mean_ms(),
-            quantile(&sorted, 0.9),
-            quantile(&sorted, 0.99),
-            sorted.last().copied().unwrap_or(f64::NAN),
+            number(quantile(&sorted, 0.5), 1),
+            number(result.mean_ms(), 1),
+            number(quantile(&sorted, 0.9), 1),
+            number(quantile(&sorted, 0.99), 1),
+            number(sorted.last().copied().unwrap_or(f64::NAN), 1),
             100.0 * multiple as f64 / result.trials.len().max(1) as f64,
+            number(result.mean_detection_ms(), 1),
+            number(result.mean_candidacies(), 2),
         );
     }
     out

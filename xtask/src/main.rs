@@ -63,8 +63,10 @@ tasks:
   bench runtime [arguments of raft-core's runtime bench]
         the raft-core runtime benchmark (3 runtimes in one process, in-memory stores)
   figure16 [--trials 1000] [--variant both|engine|paper] [--tick-us 100] [--out target/figure16]
+        [--request-delay-us 4500-8500] [--answer-delay-us 4500-8500]
         simulate the Raft paper's Figure 16 (5 servers, leader crashed, time until a new leader)
-        with raft-core's engine; print the table and write SVG CDFs";
+        with raft-core's engine; print the table and write SVG CDFs. The delay options split the
+        broadcast time differently between requests and answers (sensitivity checks only)";
 
 fn main() -> ExitCode {
     let mut arguments = std::env::args().skip(1);

@@ -11,8 +11,11 @@ pub struct Config {
     pub id: NodeId,
     /// The minimum election timeout. Each follower waits a random number of
     /// ticks in `[election_timeout_ticks, election_timeout_ticks +
-    /// election_timeout_random_ticks)` without hearing from a leader before
-    /// it campaigns.
+    /// election_timeout_random_ticks)` without hearing from a leader or
+    /// granting a vote before it campaigns. The timer restarts only on
+    /// those two events (§5.2, Figure 2) and when a campaign of its own
+    /// starts or is lost; a higher term seen in a vote request it refuses
+    /// does not restart it.
     pub election_timeout_ticks: u64,
     /// The width of the random part of the election timeout; `None` means
     /// `election_timeout_ticks` (the timeout is then in `[T, 2T)`, as in the

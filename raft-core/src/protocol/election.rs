@@ -97,13 +97,24 @@ impl Engine {
         }
     }
 
+    /// Restarts the election timer with a fresh randomized timeout. Raft
+    /// restarts it only when a server hears from the current leader, grants
+    /// a vote, or starts an election of its own (§5.2, Figure 2); this
+    /// engine also restarts it when its own campaign lost. `become_follower`
+    /// says why a higher term alone must not.
+    pub(super) fn restart_election_timer(&mut self) {
+        self.election_elapsed = 0;
+        self.reset_randomized_election_timeout();
+    }
+
     fn become_pre_candidate(&mut self) {
         self.end_leadership();
         self.role = Role::PreCandidate;
         self.leader = NodeId::NONE;
         self.votes.clear();
-        self.election_elapsed = 0;
-        self.reset_randomized_election_timeout();
+        // A pre-vote is the start of this server's own election attempt: if
+        // it gets no answer, the next attempt waits a fresh timeout.
+        self.restart_election_timer();
     }
 
     fn become_candidate(&mut self) {
@@ -113,16 +124,35 @@ impl Engine {
         self.role = Role::Candidate;
         self.leader = NodeId::NONE;
         self.votes.clear();
-        self.election_elapsed = 0;
-        self.reset_randomized_election_timeout();
+        // "On conversion to candidate, ... reset election timer" (Figure 2).
+        self.restart_election_timer();
         self.fail_forwarded_reads(ReadError::LeadershipLost);
         self.incoming_snapshot = None;
     }
 
     /// Becomes a follower in `term` (which must not be older than the
     /// current one) of `leader` (or of no known leader).
+    ///
+    /// The election timer restarts only if `leader` is known (this server
+    /// has just heard from the leader of `term`) or if this server was the
+    /// leader. Otherwise (a higher term seen in a vote request or a vote
+    /// answer) the timer keeps running: Figure 2 restarts it only on
+    /// hearing from the current leader or on granting a vote, and a vote
+    /// granted afterwards restarts it in `handle_request_vote`. Restarting
+    /// it here would let a candidate whose log is too short to win (§5.4.1)
+    /// hold every other server back by a full timeout, and would line up
+    /// the timers of the servers that can win, so that they split the next
+    /// vote. (A campaign that lost restarts the loser's own timer; see
+    /// `handle_vote_response`.)
+    ///
+    /// A leader has no election timer of its own running (its
+    /// `election_elapsed` counts CheckQuorum windows, and its randomized
+    /// timeout dates from its campaign), so a deposed leader starts a fresh
+    /// one, as LogCabin and etcd do; keeping the old values could make it
+    /// campaign at once and disrupt the election that deposed it.
     pub(super) fn become_follower(&mut self, term: Term, leader: NodeId) {
         debug_assert!(term >= self.term);
+        let restart_timer = self.role == Role::Leader || leader != NodeId::NONE;
         if term > self.term {
             self.term = term;
             self.vote = NodeId::NONE;
@@ -135,8 +165,9 @@ impl Engine {
         self.role = Role::Follower;
         self.leader = leader;
         self.votes.clear();
-        self.election_elapsed = 0;
-        self.reset_randomized_election_timeout();
+        if restart_timer {
+            self.restart_election_timer();
+        }
     }
 
     pub(super) fn become_leader(&mut self) {
@@ -246,7 +277,11 @@ impl Engine {
         let term = if granted { message_term } else { self.term };
         if granted && request.kind == VoteKind::Vote {
             self.vote = from;
-            self.election_elapsed = 0;
+            // Granting a vote restarts the timer (Figure 2), with a fresh
+            // random timeout as for any restart, so that this server gives
+            // the candidate time to win before competing with it. A pre-vote
+            // grant promises nothing and leaves the timer alone.
+            self.restart_election_timer();
         }
         let body = MessageBody::RequestVoteResponse(RequestVoteResponse { kind: request.kind, granted });
         match request.kind {
@@ -271,7 +306,20 @@ impl Engine {
         match self.poll() {
             Poll::Won if expected == VoteKind::PreVote => self.campaign(VoteKind::Vote, false),
             Poll::Won => self.become_leader(),
-            Poll::Lost => self.become_follower(self.term, NodeId::NONE),
+            Poll::Lost => {
+                // A majority refused, because their logs are ahead of this
+                // one (§5.4.1) or they voted for another candidate of this
+                // term. Figure 2's candidate would wait out its timeout and
+                // campaign again; this node gives up the term instead and
+                // restarts its own timer (as etcd does), backing off from
+                // the time it learned it lost. The back-off delays only the
+                // loser: campaigning again at the old deadline could only
+                // disrupt the candidate that is winning, and the delays of
+                // the refusals spread the timers of servers that campaigned
+                // together, so they do not split the next vote too.
+                self.become_follower(self.term, NodeId::NONE);
+                self.restart_election_timer();
+            }
             Poll::Pending => {}
         }
     }

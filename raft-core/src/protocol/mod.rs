@@ -219,6 +219,17 @@ pub struct Status {
     pub transfer_target: Option<NodeId>,
 }
 
+/// Where a node's election timer stands ([`Engine::election_timer`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ElectionTimer {
+    /// Ticks since the timer last restarted. On a leader, ticks since its
+    /// last CheckQuorum check.
+    pub elapsed_ticks: u64,
+    /// The randomized timeout it runs to: a follower or candidate campaigns
+    /// once `elapsed_ticks` reaches it (a leader does not use it).
+    pub timeout_ticks: u64,
+}
+
 /// A read waiting on the leader for confirmation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct PendingRead {
@@ -542,6 +553,14 @@ impl Engine {
     /// Number of entries held in memory (bounded by the snapshot policy).
     pub fn log_len(&self) -> usize {
         self.log.len()
+    }
+
+    /// The election timer: how far it has run and the timeout it runs to.
+    pub fn election_timer(&self) -> ElectionTimer {
+        ElectionTimer {
+            elapsed_ticks: self.election_elapsed,
+            timeout_ticks: self.randomized_election_timeout,
+        }
     }
 
     /// The engine's counters.

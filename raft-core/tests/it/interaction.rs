@@ -91,7 +91,8 @@
 //!
 //! Inspection: `status ID...`, `raft-log ID`, `applied ID...` (the state
 //! machine's commands and the reads served), `stats ID` (the engine's
-//! non-zero counters), `check-invariants`.
+//! non-zero counters), `election-timer ID...` (ticks elapsed and the
+//! randomized timeout), `check-invariants`.
 
 mod datadriven;
 mod env;
@@ -134,6 +135,7 @@ macro_rules! scenarios {
 
 scenarios!(
     election,
+    election_timer,
     prevote,
     check_quorum,
     replication,

@@ -196,6 +196,16 @@ impl Env {
             }
             "raft-log" => self.raft_log(node_arg(cmd, 0)?, out)?,
             "stats" => out.push_str(&format::stats(&self.engine(node_arg(cmd, 0)?)?.stats())),
+            "election-timer" => {
+                for id in node_list(cmd, 0)? {
+                    let timer = self.engine(id)?.election_timer();
+                    let _ = writeln!(
+                        out,
+                        "{id}: elapsed={} timeout={}",
+                        timer.elapsed_ticks, timer.timeout_ticks
+                    );
+                }
+            }
             "applied" => self.print_applied(cmd, out)?,
             "check-invariants" => match self.check() {
                 Ok(()) => out.push_str("ok\n"),

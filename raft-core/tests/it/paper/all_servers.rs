@@ -35,6 +35,11 @@ const ROLES: [Role; 4] = [Role::Follower, Role::PreCandidate, Role::Candidate, R
 /// check it for every role and for every kind of message, and check that the
 /// new term is handed to storage (it must be durable) with no vote in it —
 /// unless the message itself was a vote request the node granted.
+///
+/// The election timer restarts only where Figure 2 says so: on hearing from
+/// the new term's leader and on granting a vote; and on a leader, whose
+/// timer was not running. A follower or (pre-)candidate that adopts the term
+/// from any other message keeps its elapsed ticks and its timeout.
 #[test]
 fn a_newer_term_in_any_message_makes_every_role_adopt_it_and_follow() {
     for role in ROLES {
@@ -50,11 +55,20 @@ fn a_newer_term_in_any_message_makes_every_role_adopt_it_and_follow() {
         ];
         for (kind, make_message, from_leader) in cases {
             let mut engine = engine_in_role(role);
+            engine.tick();
+            engine.tick();
+            flush(&mut engine);
+            let timer = engine.election_timer();
             let newer = engine.term().get() + 3;
             let last = engine.last_index().get();
             let _ = engine.step(make_message(newer, last));
             engine.check_invariants().unwrap();
             let context = format!("a {role} receiving a {kind} of a newer term");
+            if from_leader || kind == "RequestVote" || role == Role::Leader {
+                assert_eq!(engine.election_timer().elapsed_ticks, 0, "{context}: timer restarted");
+            } else {
+                assert_eq!(engine.election_timer(), timer, "{context}: timer kept");
+            }
             assert_eq!(engine.term(), Term(newer), "{context}: term");
             assert_eq!(engine.role(), Role::Follower, "{context}: role");
             let expected_leader = if from_leader { NodeId(2) } else { NodeId::NONE };

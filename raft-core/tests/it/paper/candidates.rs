@@ -86,11 +86,16 @@ fn a_candidate_becomes_leader_with_votes_from_a_majority() {
 /// loses": with refusals from a majority it cannot win this term. The
 /// engine then stops campaigning and waits as a follower (still having
 /// voted for itself in this term) rather than holding out as a candidate.
+/// It also restarts its election timer, backing off from the moment it
+/// learned it lost (as etcd does; Figure 2's candidate would campaign again
+/// when its first timeout elapses): the back-off delays only the loser.
 #[test]
 fn a_candidate_refused_by_a_majority_gives_up_the_term() {
     let mut engine = follower_of_five();
     engine.campaign_now();
     flush(&mut engine);
+    engine.tick();
+    assert_eq!(engine.election_timer().elapsed_ticks, 1);
     let term = engine.term().get();
     for voter in [2, 3] {
         step_ok(&mut engine, vote_response(voter, 1, term, false));
@@ -99,6 +104,7 @@ fn a_candidate_refused_by_a_majority_gives_up_the_term() {
     step_ok(&mut engine, vote_response(4, 1, term, false));
     assert_eq!(engine.role(), Role::Follower);
     assert_eq!((engine.term(), engine.status().vote), (Term(term), NodeId(1)));
+    assert_eq!(engine.election_timer().elapsed_ticks, 0);
 }
 
 /// Figure 2 (Candidates), §5.2: "if AppendEntries is received from a new

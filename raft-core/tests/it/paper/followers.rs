@@ -157,27 +157,36 @@ fn messages_from_the_current_leader_reset_the_election_timer() {
 }
 
 /// Figure 2 (Followers), §5.2: granting a vote also restarts the election
-/// timer (the node just helped a candidate; campaigning would undo that).
-/// Refusing a vote does not. Two identical twins receive, after `r - 1`
-/// ticks, a vote request in their term: the one that refuses (the
-/// candidate's log is behind) campaigns on the next tick, the one that
-/// grants waits a full timeout again.
+/// timer (the node just helped a candidate; campaigning would undo that),
+/// with a fresh random timeout. Refusing a vote does not, even when the
+/// request carries a higher term that the follower adopts: a candidate
+/// whose log is behind cannot win, and must not hold back the servers that
+/// can. Identical twins receive, after `r - 1` ticks, a vote request in
+/// their term or in the next: the ones that refuse (the candidate's log is
+/// behind) campaign on the next tick, the ones that grant wait a whole new
+/// timeout.
 #[test]
 fn granting_a_vote_resets_the_election_timer() {
     let make = || follower(paper_config(NodeId(1)));
     let timeout =
         ticks_until_campaign(&mut make(), 3 * election_timeout_ticks()).expect("a follower campaigns");
 
-    let mut refusing = make();
-    assert_eq!(ticks_until_campaign(&mut refusing, timeout - 1), None);
-    step_ok(&mut refusing, request_vote(2, 1, 4, 1, 1));
-    assert_eq!(vote_answer(only(&flush(&mut refusing))), Some((VoteKind::Vote, false)));
-    assert_eq!(ticks_until_campaign(&mut refusing, 1), Some(1));
+    for term in [4, 5] {
+        let mut refusing = make();
+        assert_eq!(ticks_until_campaign(&mut refusing, timeout - 1), None);
+        step_ok(&mut refusing, request_vote(2, 1, term, 1, 1));
+        assert_eq!(vote_answer(only(&flush(&mut refusing))), Some((VoteKind::Vote, false)));
+        assert_eq!(refusing.term(), Term(term));
+        assert_eq!(ticks_until_campaign(&mut refusing, 1), Some(1), "refused in term {term}");
 
-    let mut granting = make();
-    assert_eq!(ticks_until_campaign(&mut granting, timeout - 1), None);
-    step_ok(&mut granting, request_vote(2, 1, 4, 3, 2));
-    assert_eq!(vote_answer(only(&flush(&mut granting))), Some((VoteKind::Vote, true)));
-    assert_eq!(ticks_until_campaign(&mut granting, timeout - 1), None);
-    assert_eq!(ticks_until_campaign(&mut granting, 1), Some(1));
+        let mut granting = make();
+        assert_eq!(ticks_until_campaign(&mut granting, timeout - 1), None);
+        step_ok(&mut granting, request_vote(2, 1, term, 3, 2));
+        assert_eq!(vote_answer(only(&flush(&mut granting))), Some((VoteKind::Vote, true)));
+        let timer = granting.election_timer();
+        assert_eq!(timer.elapsed_ticks, 0, "granted in term {term}");
+        assert!(timer.timeout_ticks >= election_timeout_ticks());
+        assert_eq!(ticks_until_campaign(&mut granting, timer.timeout_ticks - 1), None);
+        assert_eq!(ticks_until_campaign(&mut granting, 1), Some(1));
+    }
 }
