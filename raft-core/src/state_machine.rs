@@ -68,7 +68,10 @@ pub trait StateMachine: Send + 'static {
     /// this state machine's `begin_snapshot` produced when the checkpoint
     /// was created. The default replaces the whole state, like
     /// [`StateMachine::restore`]; override it to keep parts of the state
-    /// that a rollback must not touch (see the trait's contract).
+    /// that a rollback must not touch (see the trait's contract). A
+    /// wrapper around another state machine (for metrics, say) must forward
+    /// this method too: left to the default, it would call the inner
+    /// machine's `restore` and skip the inner override.
     async fn restore_checkpoint(
         &mut self,
         checkpoint: &mut dyn SnapshotReader,
