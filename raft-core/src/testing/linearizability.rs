@@ -348,7 +348,8 @@ impl Op {
         matches!(self, Op::CreateCheckpoint(_) | Op::Rollback(_) | Op::DeleteCheckpoint(_))
     }
 
-    fn checkpoint_name(self) -> Option<CheckpointName> {
+    /// The checkpoint a checkpoint operation names.
+    pub fn checkpoint_name(self) -> Option<CheckpointName> {
         match self {
             Op::CreateCheckpoint(name) | Op::Rollback(name) | Op::DeleteCheckpoint(name) => Some(name),
             Op::Read | Op::Write(_) | Op::Cas { .. } | Op::Delete => None,

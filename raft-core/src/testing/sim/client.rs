@@ -11,6 +11,14 @@
 //! still commit and *indeterminate* otherwise. Reads go through `read_index`
 //! (ReadIndex, or a lease when enabled) on the leader or on a follower, and
 //! are served once that node has applied the read's index.
+//!
+//! Now and then (the scenario's `checkpoint_per_mille`) a client creates,
+//! rolls back to or deletes one of [`CHECKPOINT_NAMES`] checkpoints. A
+//! checkpoint entry carries no request id, so nothing deduplicates it, and
+//! the runtime's clients do not retry one either: a client proposes it again
+//! only when it knows the earlier attempt lost its index to another entry;
+//! an attempt given up on (timed out, or its node crashed) makes the
+//! operation indeterminate at once, since retrying it could apply it twice.
 
 use super::history::{ClientOp, OpOutcome, RecordId};
 use super::kv::{Command, CommandResult};
@@ -18,7 +26,30 @@ use super::node::NodeEvent;
 use super::world::World;
 use super::{Property, Violation};
 use crate::protocol::ProposeError;
-use crate::types::{ClientRequestId, LogIndex, NodeId, ReadId, ReadMode, Term};
+use crate::testing::linearizability::{CheckpointName, CheckpointOutcome};
+use crate::types::{CheckpointOp, ClientRequestId, LogIndex, NodeId, ReadId, ReadMode, Term};
+
+/// How many checkpoint names the clients use: one more than the state
+/// machine retains, so that creates are also refused for a full catalog.
+pub const CHECKPOINT_NAMES: u8 = 4;
+
+/// The checkpoint name a history's [`CheckpointName`] stands for.
+pub fn checkpoint_name(name: CheckpointName) -> String {
+    format!("ck{}", name.0)
+}
+
+/// The replicated operation a client's checkpoint operation proposes;
+/// `None` for an operation on keys.
+fn checkpoint_op(op: ClientOp, now: u64) -> Option<CheckpointOp> {
+    Some(match op {
+        ClientOp::CreateCheckpoint(name) => {
+            CheckpointOp::Create { name: checkpoint_name(name), created_unix_ms: now }
+        }
+        ClientOp::Rollback(name) => CheckpointOp::Rollback { name: checkpoint_name(name) },
+        ClientOp::DeleteCheckpoint(name) => CheckpointOp::Delete { name: checkpoint_name(name) },
+        _ => return None,
+    })
+}
 
 /// One attempt of a write, accepted by a node at (term, index).
 #[derive(Clone, Copy, Debug)]
@@ -59,11 +90,24 @@ struct ReadOp {
     deadline: u64,
 }
 
+/// A checkpoint operation in flight: at most one attempt, never retried
+/// once a node accepted it unless that attempt is known lost.
+#[derive(Clone, Copy, Debug)]
+struct CheckpointOpState {
+    record: RecordId,
+    /// The history's form of the operation.
+    op: ClientOp,
+    attempt: Option<WriteAttempt>,
+    next_try_at: u64,
+    deadline: u64,
+}
+
 #[derive(Clone, Copy, Debug)]
 enum ClientState {
     Idle { next_op_at: u64 },
     Writing(WriteOp),
     Reading(ReadOp),
+    Checkpointing(CheckpointOpState),
 }
 
 /// One client.
@@ -79,6 +123,9 @@ pub struct Client {
     leader_hint: NodeId,
     /// The value this client last saw for each key, for compare-and-set.
     last_seen: Vec<Option<u64>>,
+    /// The checkpoint names this client last saw exist (bit per name),
+    /// which most of its rollbacks and deletes aim at; often stale.
+    seen_checkpoints: u8,
 }
 
 impl Client {
@@ -91,6 +138,7 @@ impl Client {
             next_sequence: 1,
             leader_hint: NodeId::NONE,
             last_seen: vec![None; keys as usize],
+            seen_checkpoints: 0,
         }
     }
 
@@ -128,12 +176,16 @@ impl World {
                 }
                 ClientState::Writing(op) => self.drive_write(position, op),
                 ClientState::Reading(op) => self.drive_read(position, op),
+                ClientState::Checkpointing(op) => self.drive_checkpoint(position, op),
             };
             self.clients[position].state = next;
         }
     }
 
     fn start_operation(&mut self, position: usize) -> ClientState {
+        if self.client_rng.chance(self.scenario.checkpoint_per_mille) {
+            return self.start_checkpoint(position);
+        }
         let keys = self.scenario.keys;
         let key = self.client_rng.below(keys);
         let roll = self.client_rng.below(100);
@@ -198,6 +250,87 @@ impl World {
             deadline,
         };
         self.drive_write(position, write)
+    }
+
+    fn start_checkpoint(&mut self, position: usize) -> ClientState {
+        let any = CheckpointName(self.client_rng.below(u64::from(CHECKPOINT_NAMES)) as u8);
+        let seen = self.clients[position].seen_checkpoints;
+        // Rollbacks and deletes mostly name a checkpoint the client saw.
+        let target = if seen != 0 && self.client_rng.chance(700) {
+            let names: Vec<u8> = (0..CHECKPOINT_NAMES).filter(|name| seen & (1 << name) != 0).collect();
+            self.client_rng.pick(&names).map_or(any, CheckpointName)
+        } else {
+            any
+        };
+        // A client that saw no checkpoint yet mostly creates one.
+        let creates = if seen == 0 { 6 } else { 4 };
+        let roll = self.client_rng.below(10);
+        let op = if roll < creates {
+            ClientOp::CreateCheckpoint(any)
+        } else if roll < 8 {
+            ClientOp::Rollback(target)
+        } else {
+            ClientOp::DeleteCheckpoint(target)
+        };
+        let client = self.clients[position].id;
+        // A checkpoint operation acts on every key; its record names key 0,
+        // which every scenario has.
+        let record = self.history.invoke(client, 0, op, self.now);
+        self.trace.event(self.now, || format!("client {client}: {op}"));
+        let state = CheckpointOpState {
+            record,
+            op,
+            attempt: None,
+            next_try_at: self.now,
+            deadline: self.now + self.scenario.op_timeout_steps,
+        };
+        self.drive_checkpoint(position, state)
+    }
+
+    fn drive_checkpoint(&mut self, position: usize, mut op: CheckpointOpState) -> ClientState {
+        if let Some(attempt) = op.attempt {
+            let timed_out = self.now >= attempt.started + self.scenario.attempt_timeout_steps;
+            if timed_out || !self.attempt_alive(attempt.node, attempt.incarnation) {
+                // It may still commit, and nothing would deduplicate a retry.
+                return self.finish(position, op.record, OpOutcome::Indeterminate);
+            }
+        }
+        if self.now >= op.deadline {
+            let outcome = if op.attempt.is_some() { OpOutcome::Indeterminate } else { OpOutcome::Failed };
+            return self.finish(position, op.record, outcome);
+        }
+        if op.attempt.is_none() && self.now >= op.next_try_at {
+            self.propose_checkpoint_attempt(position, &mut op);
+        }
+        ClientState::Checkpointing(op)
+    }
+
+    fn propose_checkpoint_attempt(&mut self, position: usize, op: &mut CheckpointOpState) {
+        let target = self.pick_node(position, true);
+        let Some(proposal) = checkpoint_op(op.op, self.now) else {
+            return;
+        };
+        let Some(node) = self.nodes.get_mut(&target) else {
+            op.next_try_at = self.now + 5;
+            return;
+        };
+        let incarnation = node.incarnation;
+        let Some(engine) = node.engine.as_mut() else {
+            op.next_try_at = self.now + 5;
+            return;
+        };
+        match engine.propose_checkpoint(proposal) {
+            Ok((term, index)) => {
+                op.attempt = Some(WriteAttempt { node: target, incarnation, term, index, started: self.now });
+                self.clients[position].leader_hint = target;
+            }
+            Err(ProposeError::NotLeader { leader }) => {
+                self.clients[position].leader_hint = leader;
+                op.next_try_at =
+                    self.now + if leader == NodeId::NONE { self.client_rng.between(3, 10) } else { 1 };
+            }
+            Err(_) => op.next_try_at = self.now + self.client_rng.between(3, 10),
+        }
     }
 
     /// Whether the node that accepted an attempt still runs the same incarnation.
@@ -331,6 +464,10 @@ impl World {
         result: CommandResult,
     ) -> Result<(), Violation> {
         for position in 0..self.clients.len() {
+            if let ClientState::Checkpointing(op) = self.clients[position].state {
+                self.on_checkpoint_applied(position, op, (node, incarnation, index, term), result)?;
+                continue;
+            }
             let ClientState::Writing(mut op) = self.clients[position].state else {
                 continue;
             };
@@ -367,6 +504,56 @@ impl World {
             self.acknowledged.push(AcknowledgedWrite { request: op.request, index });
             self.clients[position].state = self.finish(position, op.record, outcome);
         }
+        Ok(())
+    }
+
+    /// The outcome of client `position`'s checkpoint operation, if the
+    /// entry applied at `at` (node, incarnation, index, term) answers it.
+    fn on_checkpoint_applied(
+        &mut self,
+        position: usize,
+        mut op: CheckpointOpState,
+        at: (NodeId, u64, LogIndex, Term),
+        result: CommandResult,
+    ) -> Result<(), Violation> {
+        let (node, incarnation, index, term) = at;
+        let Some(attempt) = op.attempt else {
+            return Ok(());
+        };
+        if (attempt.node, attempt.incarnation, attempt.index) != (node, incarnation, index) {
+            return Ok(());
+        }
+        if attempt.term != term {
+            // Another leader's entry won this index: the attempt is lost for
+            // good, so proposing again cannot apply the operation twice.
+            op.attempt = None;
+            op.next_try_at = self.now;
+            self.clients[position].state = ClientState::Checkpointing(op);
+            return Ok(());
+        }
+        let CommandResult::Checkpoint(outcome) = result else {
+            return Err(Violation {
+                step: self.now,
+                property: Property::StateMachineSafety,
+                details: format!(
+                    "entry {index} of term {term} on node {node} should be the checkpoint operation {} but \
+                     answered {result:?}",
+                    op.op
+                ),
+            });
+        };
+        let exists = match (op.op, outcome) {
+            (ClientOp::DeleteCheckpoint(_), _) | (_, CheckpointOutcome::NotFound) => Some(false),
+            (_, CheckpointOutcome::Done | CheckpointOutcome::AlreadyExists) => Some(true),
+            _ => None,
+        };
+        if let (Some(exists), Some(name)) = (exists, op.op.checkpoint_name()) {
+            let bit = 1 << name.0;
+            let client = &mut self.clients[position];
+            client.seen_checkpoints =
+                if exists { client.seen_checkpoints | bit } else { client.seen_checkpoints & !bit };
+        }
+        self.clients[position].state = self.finish(position, op.record, OpOutcome::Checkpoint(outcome));
         Ok(())
     }
 
