@@ -48,7 +48,10 @@
 //! - `campaign ID`; `tick ID|(IDS)|all [N]`; `tick-heartbeat ID` (one
 //!   heartbeat interval); `tick-election ID` (tick until its election timer
 //!   fires; prints how many ticks that took).
-//! - `propose ID DATA`; `propose-client ID CLIENT SEQ DATA`.
+//! - `propose ID DATA`; `propose-client ID CLIENT SEQ DATA`;
+//!   `propose-checkpoint ID create|rollback|delete NAME` (the recording
+//!   state machine carries checkpoint entries out with the runtime's rules,
+//!   retaining at most two).
 //! - `read-index ID id=N [mode=read-index|lease]`.
 //! - `propose-conf-change ID add-learner N | promote N | remove N |
 //!   replace voters=(..) [learners=(..)]`.
@@ -90,7 +93,8 @@
 //! was in flight, when it is delivered.
 //!
 //! Inspection: `status ID...`, `raft-log ID`, `applied ID...` (the state
-//! machine's commands and the reads served), `stats ID` (the engine's
+//! machine's commands, its checkpoints and the checkpoint operations it
+//! applied, and the reads served), `stats ID` (the engine's
 //! non-zero counters), `check-invariants`.
 
 mod datadriven;
@@ -148,6 +152,7 @@ scenarios!(
     lease_read,
     transfer,
     dedup,
+    checkpoints,
     flow_control,
     bad_input,
 );
