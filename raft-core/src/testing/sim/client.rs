@@ -16,9 +16,13 @@
 //! rolls back to or deletes one of [`CHECKPOINT_NAMES`] checkpoints. A
 //! checkpoint entry carries no request id, so nothing deduplicates it, and
 //! the runtime's clients do not retry one either: a client proposes it again
-//! only when it knows the earlier attempt lost its index to another entry;
-//! an attempt given up on (timed out, or its node crashed) makes the
-//! operation indeterminate at once, since retrying it could apply it twice.
+//! only when it knows the earlier attempt lost its index to another entry.
+//! Its attempt's (term, index) names the entry in every log (Log Matching),
+//! so the client learns the outcome from whichever node applies that index
+//! first, as a client that reconnects and asks about its entry would; an
+//! attempt whose node crashed or went quiet is no longer waited on there,
+//! but is not proposed again either. An operation still unresolved at its
+//! deadline is indeterminate.
 
 use super::history::{ClientOp, OpOutcome, RecordId};
 use super::kv::{Command, CommandResult};
@@ -98,6 +102,9 @@ struct CheckpointOpState {
     /// The history's form of the operation.
     op: ClientOp,
     attempt: Option<WriteAttempt>,
+    /// The attempt's node crashed or it timed out: its entry may still
+    /// commit, so the client only waits for any node to apply its index.
+    abandoned: bool,
     next_try_at: u64,
     deadline: u64,
 }
@@ -281,6 +288,7 @@ impl World {
             record,
             op,
             attempt: None,
+            abandoned: false,
             next_try_at: self.now,
             deadline: self.now + self.scenario.op_timeout_steps,
         };
@@ -288,11 +296,13 @@ impl World {
     }
 
     fn drive_checkpoint(&mut self, position: usize, mut op: CheckpointOpState) -> ClientState {
-        if let Some(attempt) = op.attempt {
+        if let (Some(attempt), false) = (op.attempt, op.abandoned) {
             let timed_out = self.now >= attempt.started + self.scenario.attempt_timeout_steps;
             if timed_out || !self.attempt_alive(attempt.node, attempt.incarnation) {
-                // It may still commit, and nothing would deduplicate a retry.
-                return self.finish(position, op.record, OpOutcome::Indeterminate);
+                // It may still commit, and nothing would deduplicate a
+                // retry: wait for its index to be applied anywhere.
+                op.abandoned = true;
+                self.clients[position].leader_hint = NodeId::NONE;
             }
         }
         if self.now >= op.deadline {
@@ -516,17 +526,20 @@ impl World {
         at: (NodeId, u64, LogIndex, Term),
         result: CommandResult,
     ) -> Result<(), Violation> {
-        let (node, incarnation, index, term) = at;
+        let (node, _incarnation, index, term) = at;
         let Some(attempt) = op.attempt else {
             return Ok(());
         };
-        if (attempt.node, attempt.incarnation, attempt.index) != (node, incarnation, index) {
+        // Any node's applied entry at the attempt's index is the committed
+        // one: the attempt's own entry if the terms match (Log Matching).
+        if attempt.index != index {
             return Ok(());
         }
         if attempt.term != term {
             // Another leader's entry won this index: the attempt is lost for
             // good, so proposing again cannot apply the operation twice.
             op.attempt = None;
+            op.abandoned = false;
             op.next_try_at = self.now;
             self.clients[position].state = ClientState::Checkpointing(op);
             return Ok(());
