@@ -457,6 +457,7 @@ impl World {
                 NodeEvent::Applied { node, incarnation, index, term, request, result } => {
                     self.on_applied(node, incarnation, index, term, request, result)?;
                 }
+                NodeEvent::AppliedOther { index, term } => self.on_other_applied(index, term),
                 NodeEvent::ReadServed { read, value } => self.on_read_served(read, value),
                 NodeEvent::ReadFailed { read } => self.on_read_failed(read),
             }
@@ -515,6 +516,23 @@ impl World {
             self.clients[position].state = self.finish(position, op.record, outcome);
         }
         Ok(())
+    }
+
+    /// A blank or membership entry took `index` in `term`: a checkpoint
+    /// attempt at that index in another term is lost and may be proposed
+    /// again. (Writes learn this only from their own node's command
+    /// entries, and retry with their request id anyway.)
+    fn on_other_applied(&mut self, index: LogIndex, term: Term) {
+        for client in &mut self.clients {
+            let ClientState::Checkpointing(op) = &mut client.state else {
+                continue;
+            };
+            if op.attempt.is_some_and(|attempt| attempt.index == index && attempt.term != term) {
+                op.attempt = None;
+                op.abandoned = false;
+                op.next_try_at = self.now;
+            }
+        }
     }
 
     /// The outcome of client `position`'s checkpoint operation, if the

@@ -43,6 +43,14 @@ pub enum NodeEvent {
         /// What the state machine returned.
         result: CommandResult,
     },
+    /// The node applied a blank or membership entry (which answers no
+    /// client): an attempt at this index in another term is lost.
+    AppliedOther {
+        /// The entry's index.
+        index: LogIndex,
+        /// The entry's term.
+        term: Term,
+    },
     /// A read was served with this value.
     ReadServed {
         /// The read.
@@ -270,6 +278,8 @@ impl SimNode {
                     request,
                     result,
                 });
+            } else {
+                context.events.push(NodeEvent::AppliedOther { index: entry.index, term: entry.term });
             }
         }
         if let Some(last) = ready.committed_entries.last() {
