@@ -51,7 +51,8 @@
 //! - `propose ID DATA`; `propose-client ID CLIENT SEQ DATA`;
 //!   `propose-checkpoint ID create|rollback|delete NAME` (the recording
 //!   state machine carries checkpoint entries out with the runtime's rules,
-//!   retaining at most two).
+//!   retaining at most two; `applied` then also lists its checkpoints and
+//!   each checkpoint operation it applied, with the outcome).
 //! - `read-index ID id=N [mode=read-index|lease]`.
 //! - `propose-conf-change ID add-learner N | promote N | remove N |
 //!   replace voters=(..) [learners=(..)]`.
@@ -93,8 +94,7 @@
 //! was in flight, when it is delivered.
 //!
 //! Inspection: `status ID...`, `raft-log ID`, `applied ID...` (the state
-//! machine's commands, its checkpoints and the checkpoint operations it
-//! applied, and the reads served), `stats ID` (the engine's
+//! machine's commands and the reads served), `stats ID` (the engine's
 //! non-zero counters), `check-invariants`.
 
 mod datadriven;
