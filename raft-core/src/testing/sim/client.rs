@@ -37,6 +37,12 @@ use crate::types::{CheckpointOp, ClientRequestId, LogIndex, NodeId, ReadId, Read
 /// machine retains, so that creates are also refused for a full catalog.
 pub const CHECKPOINT_NAMES: u8 = 4;
 
+/// How many operation timeouts a client waits for a checkpoint entry it got
+/// accepted, during the fault phase: a checkpoint operation left
+/// indeterminate is the costliest uncertainty for the linearizability
+/// checker (see its documentation), and checkpoint operations are rare.
+const CHECKPOINT_PATIENCE: u64 = 3;
+
 /// The checkpoint name a history's [`CheckpointName`] stands for.
 pub fn checkpoint_name(name: CheckpointName) -> String {
     format!("ck{}", name.0)
@@ -305,7 +311,16 @@ impl World {
                 self.clients[position].leader_hint = NodeId::NONE;
             }
         }
-        if self.now >= op.deadline {
+        // An operation whose entry may still commit is waited for longer
+        // (an administrator checks before giving up), but only while the
+        // faults go on, so the liveness phase still ends in time.
+        let patience = match op.attempt {
+            Some(attempt) if !self.clients_stopped => {
+                op.deadline.max(attempt.started + CHECKPOINT_PATIENCE * self.scenario.op_timeout_steps)
+            }
+            _ => op.deadline,
+        };
+        if self.now >= patience {
             let outcome = if op.attempt.is_some() { OpOutcome::Indeterminate } else { OpOutcome::Failed };
             return self.finish(position, op.record, outcome);
         }
