@@ -23,7 +23,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use raft_core::protocol::InjectedBugs;
-use raft_core::testing::sim::{self, SimOptions, SimReport, Verbosity, Violation, BUG_NAMES};
+use raft_core::testing::sim::{self, SimOptions, SimReport, Verbosity, Violation, BUG_NAMES, KV_BUG_NAMES};
 
 /// What the command line asked for.
 #[derive(Clone, Debug)]
@@ -54,7 +54,8 @@ const USAGE: &str = "usage:
   simulate --bugs [--max-seeds N] [--start S] [--threads T] [--steps N]
   --end-to-end-only: skip the per-step safety checks (liveness and linearizability only)
   --history: with --seed, print the client history at the end
-bugs: vote_without_log_check, commit_previous_terms, apply_before_commit, forget_vote";
+bugs: vote_without_log_check, commit_previous_terms, apply_before_commit, forget_vote (engine);
+      rollback_keeps_data, snapshot_drops_checkpoints (state machine)";
 
 fn parse_arguments() -> Result<Arguments, String> {
     let mut arguments = Arguments {
@@ -109,6 +110,7 @@ fn main() -> ExitCode {
     let bugs = match arguments.bug.as_deref().map(|name| (name, sim::injected_bug(name))) {
         None => InjectedBugs::default(),
         Some((_, Some(bugs))) => bugs,
+        Some((name, None)) if sim::kv_bug(name).is_some() => InjectedBugs::default(),
         Some((name, None)) => {
             eprintln!("unknown bug {name}\n{USAGE}");
             return ExitCode::from(2);
@@ -145,6 +147,7 @@ fn install_quiet_panic_hook() {
 fn options_for(arguments: &Arguments, seed: u64, bugs: InjectedBugs, verbosity: Verbosity) -> SimOptions {
     let mut options = SimOptions::new(seed);
     options.bugs = bugs;
+    options.kv_bugs = arguments.bug.as_deref().and_then(sim::kv_bug).unwrap_or_default();
     options.verbosity = verbosity;
     options.per_step_checks = !arguments.end_to_end_only;
     if let Some(steps) = arguments.fault_steps {
@@ -211,6 +214,8 @@ struct BatchTotals {
     failures: Vec<(u64, Violation)>,
     steps: u64,
     operations: u64,
+    checkpoint_operations: u64,
+    rollbacks: u64,
 }
 
 fn run_batch(arguments: &Arguments, count: u64, bugs: InjectedBugs) -> bool {
@@ -238,6 +243,8 @@ fn run_batch(arguments: &Arguments, count: u64, bugs: InjectedBugs) -> bool {
                     Ok(report) => {
                         totals.steps += report.total_steps;
                         totals.operations += report.operations as u64;
+                        totals.checkpoint_operations += report.checkpoint_operations as u64;
+                        totals.rollbacks += report.rollbacks as u64;
                     }
                     Err(violation) => {
                         println!(
@@ -277,10 +284,13 @@ fn report_progress(done: &AtomicU64, count: u64, totals: &Mutex<BatchTotals>, st
 fn print_summary(arguments: &Arguments, count: u64, totals: &BatchTotals, elapsed: Duration) {
     let seconds = elapsed.as_secs_f64().max(1e-9);
     println!(
-        "{count} seeds in {seconds:.1} s: {:.1} seeds/s, {:.0} steps/s, {} operations checked, {} failed",
+        "{count} seeds in {seconds:.1} s: {:.1} seeds/s, {:.0} steps/s, {} operations checked \
+         ({} checkpoint operations, {} rollbacks that succeeded), {} failed",
         count as f64 / seconds,
         totals.steps as f64 / seconds,
         totals.operations,
+        totals.checkpoint_operations,
+        totals.rollbacks,
         totals.failures.len()
     );
     let mut failures = totals.failures.clone();
@@ -293,15 +303,17 @@ fn print_summary(arguments: &Arguments, count: u64, totals: &BatchTotals, elapse
 fn run_bug_hunts(arguments: &Arguments) -> bool {
     let results = Mutex::new(Vec::new());
     let next = AtomicU64::new(0);
+    let names: Vec<&str> = BUG_NAMES.iter().chain(&KV_BUG_NAMES).copied().collect();
     std::thread::scope(|scope| {
-        for _ in 0..arguments.threads.min(BUG_NAMES.len()) {
+        for _ in 0..arguments.threads.min(names.len()) {
             scope.spawn(|| loop {
                 let position = next.fetch_add(1, Ordering::Relaxed) as usize;
-                let Some(name) = BUG_NAMES.get(position) else {
+                let Some(name) = names.get(position) else {
                     break;
                 };
                 let bugs = sim::injected_bug(name).unwrap_or_default();
-                let template = options_for(arguments, 0, bugs, Verbosity::Quiet);
+                let mut template = options_for(arguments, 0, bugs, Verbosity::Quiet);
+                template.kv_bugs = sim::kv_bug(name).unwrap_or_default();
                 let started = Instant::now();
                 let found = (0..arguments.max_seeds).find_map(|offset| {
                     let options = SimOptions { seed: arguments.start_seed + offset, ..template.clone() };

@@ -95,6 +95,15 @@ impl<M: StateMachine> StateMachine for TimedStateMachine<M> {
         self.metrics.observe_snapshot_installed(counting.bytes, started.elapsed());
         Ok(())
     }
+
+    /// Forwarded as is: the default would call `restore` above, rolling the
+    /// whole state back (and counting the rollback as a snapshot install).
+    async fn restore_checkpoint(
+        &mut self,
+        checkpoint: &mut dyn SnapshotReader,
+    ) -> Result<(), StateMachineError> {
+        self.inner.restore_checkpoint(checkpoint).await
+    }
 }
 
 struct TimedSnapshotSource {

@@ -100,12 +100,12 @@ impl ApplyTask {
             };
             let waiter = waiters.remove(&entry.index);
             match op {
-                CheckpointOp::Rollback { name } => {
+                CheckpointOp::Rollback { .. } => {
                     // The state is restored before the entry reaches the
                     // state machine, which then records it as applied.
                     self.apply_run(&entries[run_start..position], &mut waiters).await?;
                     let outcome =
-                        self.checkpoints.rollback(self.state_machine.as_mut(), name, entry.index).await?;
+                        self.checkpoints.rollback(self.state_machine.as_mut(), op, entry.index).await?;
                     self.apply_run(&entries[position..=position], &mut waiters).await?;
                     answer(waiter, entry, outcome);
                 }
@@ -122,7 +122,7 @@ impl ApplyTask {
                     };
                     let (outcome, writing) = self
                         .checkpoints
-                        .create(self.state_machine.as_mut(), meta, self.max_checkpoints)
+                        .create(self.state_machine.as_mut(), op, meta, self.max_checkpoints)
                         .await?;
                     match writing {
                         // The client hears back once the checkpoint is durable.
@@ -144,9 +144,9 @@ impl ApplyTask {
                         None => answer(waiter, entry, outcome),
                     }
                 }
-                CheckpointOp::Delete { name } => {
+                CheckpointOp::Delete { .. } => {
                     self.apply_run(&entries[run_start..=position], &mut waiters).await?;
-                    let outcome = self.checkpoints.delete(name).await?;
+                    let outcome = self.checkpoints.delete(op, entry.index).await?;
                     answer(waiter, entry, outcome);
                 }
             }

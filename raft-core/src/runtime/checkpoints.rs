@@ -5,15 +5,17 @@
 //! treats it as a no-op), captures the state machine's snapshot at exactly
 //! that index and streams it into the [`CheckpointStore`] in the
 //! background, so applying goes on meanwhile. A [`CheckpointOp::Rollback`]
-//! entry restores that snapshot into the state machine before the entry
-//! itself is passed on, so every replica holds the checkpoint's state at the
+//! entry restores that snapshot into the state machine
+//! ([`StateMachine::restore_checkpoint`], which is `restore` unless the state
+//! machine keeps some state out of rollbacks) before the entry itself is
+//! passed on, so every replica holds the checkpoint's state at the
 //! rollback's index, and entries after it apply on top. A
 //! [`CheckpointOp::Delete`] entry forgets one.
 //!
 //! Whether an operation succeeds is decided when it is applied, from the
-//! replicated catalog of checkpoints, so every replica decides the same: a
-//! duplicate name, an unknown name or a full catalog (`max_count`) fail
-//! everywhere alike. The byte bound (`max_total_bytes`) is checked by the
+//! replicated catalog of checkpoints, so every replica decides the same
+//! ([`decide`]): a duplicate name, an unknown name or a full catalog
+//! (`max_count`) fail everywhere alike. The byte bound (`max_total_bytes`) is checked by the
 //! leader when a checkpoint is proposed, against the sizes it has; it is an
 //! admission check, not a replicated decision.
 //!
@@ -38,7 +40,7 @@ use crate::state_machine::{SnapshotSource, StateMachine, StateMachineError};
 use crate::storage::{
     CheckpointInfo, CheckpointMeta, CheckpointStore, SnapshotReader, SnapshotStore, StorageError,
 };
-use crate::types::{LogIndex, Membership, NodeId, SnapshotMeta, Term};
+use crate::types::{CheckpointOp, LogIndex, Membership, NodeId, SnapshotMeta, Term};
 
 /// Bounds of the retained checkpoints.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -113,6 +115,59 @@ pub fn validate_name(name: &str) -> Result<(), CheckpointError> {
         return Err(CheckpointError::InvalidName { name: name.to_string() });
     }
     Ok(())
+}
+
+/// What applying a checkpoint operation does, as decided by [`decide`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Decision {
+    /// Keep the state machine's state at the entry's index under the name.
+    Create,
+    /// This very entry created the checkpoint already (a restart applying
+    /// the entry again): nothing to do, and the operation succeeded.
+    AlreadyCreated,
+    /// Restore the checkpoint's state into the state machine.
+    Rollback,
+    /// Forget the checkpoint.
+    Delete,
+}
+
+/// Decides a checkpoint operation applied at `index` from the replicated
+/// catalog alone, so that every replica decides alike: `created_at` is the
+/// index at which the catalog's checkpoint of the same name was created
+/// (`None`: the catalog has none), `count` how many checkpoints the catalog
+/// holds, `max_count` the bound on them.
+///
+/// A create fails with [`CheckpointError::InvalidName`] for a bad name,
+/// [`CheckpointError::AlreadyExists`] if the name is taken (unless this
+/// entry took it, see [`Decision::AlreadyCreated`]) and
+/// [`CheckpointError::TooMany`] if the catalog is full; a rollback or a
+/// delete fails with [`CheckpointError::NotFound`] for a name the catalog
+/// lacks. The runtime carries out the decision; the deterministic
+/// simulator's state machine (`testing::sim::kv`) uses the same function,
+/// so the simulator checks the rules the runtime applies.
+pub fn decide(
+    op: &CheckpointOp,
+    index: LogIndex,
+    created_at: Option<LogIndex>,
+    count: usize,
+    max_count: usize,
+) -> Result<Decision, CheckpointError> {
+    let name = op.name();
+    let missing = || CheckpointError::NotFound(name.to_string());
+    match op {
+        CheckpointOp::Create { .. } => {
+            validate_name(name)?;
+            match created_at {
+                Some(existing) if existing == index => Ok(Decision::AlreadyCreated),
+                Some(_) => Err(CheckpointError::AlreadyExists(name.to_string())),
+                None if count >= max_count => Err(CheckpointError::TooMany { count, max_count }),
+                None => Ok(Decision::Create),
+            }
+        }
+        CheckpointOp::Rollback { .. } => created_at.map(|_| Decision::Rollback).ok_or_else(missing),
+        CheckpointOp::Delete { .. } => created_at.map(|_| Decision::Delete).ok_or_else(missing),
+    }
 }
 
 /// One checkpoint of the catalog.
@@ -246,30 +301,24 @@ pub(super) struct Checkpoints {
 pub(super) type OpOutcome = Result<(), CheckpointError>;
 
 impl Checkpoints {
-    /// Applies a Create at `index` (already passed to the state machine):
-    /// captures the state and writes it in the background. The returned
-    /// receiver turns true when the write ended; `None` if the operation
-    /// failed or needs no write (a restart re-applying a checkpoint that is
-    /// already durable here).
+    /// Applies a Create (already passed to the state machine) at the index
+    /// of `meta`: captures the state and writes it in the background. The
+    /// returned receiver turns true when the write ended; `None` if the
+    /// operation failed or needs no write (a restart re-applying a
+    /// checkpoint that is already durable here).
     pub(super) async fn create(
         &self,
         state_machine: &mut dyn StateMachine,
+        op: &CheckpointOp,
         meta: CheckpointMeta,
         max_count: usize,
     ) -> Result<(OpOutcome, Option<watch::Receiver<bool>>), StateMachineError> {
         let index = meta.snapshot.last_index;
-        if let Err(error) = validate_name(&meta.name) {
-            return Ok((Err(error), None));
-        }
-        if let Some(existing) = self.catalog.meta(&meta.name) {
-            if existing.snapshot.last_index == index {
-                return Ok((Ok(()), None));
-            }
-            return Ok((Err(CheckpointError::AlreadyExists(meta.name)), None));
-        }
-        let count = self.catalog.count();
-        if count >= max_count {
-            return Ok((Err(CheckpointError::TooMany { count, max_count }), None));
+        let created_at = self.catalog.meta(&meta.name).map(|existing| existing.snapshot.last_index);
+        match decide(op, index, created_at, self.catalog.count(), max_count) {
+            Ok(Decision::Create) => {}
+            Ok(_) => return Ok((Ok(()), None)),
+            Err(error) => return Ok((Err(error), None)),
         }
         // A restart re-applies entries after the last snapshot: a checkpoint
         // written from this very entry before the restart is taken as is.
@@ -296,36 +345,44 @@ impl Checkpoints {
     }
 
     /// Applies a Rollback (before the entry is passed to the state
-    /// machine): restores the checkpoint's state. An unknown name fails the
+    /// machine): restores the checkpoint's state through
+    /// [`StateMachine::restore_checkpoint`]. An unknown name fails the
     /// operation on every replica alike; a checkpoint this node failed to
     /// write stops the node, which cannot take the state the others take.
     pub(super) async fn rollback(
         &self,
         state_machine: &mut dyn StateMachine,
-        name: &str,
+        op: &CheckpointOp,
         index: LogIndex,
     ) -> Result<OpOutcome, StateMachineError> {
-        match self.catalog.settled(name).await {
-            Err(error @ CheckpointError::NotFound(_)) => return Ok(Err(error)),
-            Err(error) => {
-                return Err(StateMachineError::Other(format!(
-                    "rolling back to checkpoint {name:?} at index {index}: {error}; this replica cannot take \
-                     the state the others take"
-                )))
-            }
-            Ok(_) => {}
+        let name = op.name();
+        let created_at = self.catalog.meta(name).map(|existing| existing.snapshot.last_index);
+        if let Err(error) = decide(op, index, created_at, self.catalog.count(), usize::MAX) {
+            return Ok(Err(error));
+        }
+        if let Err(error) = self.catalog.settled(name).await {
+            return Err(StateMachineError::Other(format!(
+                "rolling back to checkpoint {name:?} at index {index}: {error}; this replica cannot take \
+                 the state the others take"
+            )));
         }
         let mut reader = self.store.open(name).await?;
-        state_machine.restore(reader.as_mut()).await?;
+        state_machine.restore_checkpoint(reader.as_mut()).await?;
         self.catalog.lock().last_rollback_index = Some(index);
         Ok(Ok(()))
     }
 
     /// Applies a Delete: forgets the checkpoint and removes it from the
     /// store once any write of it ended.
-    pub(super) async fn delete(&self, name: &str) -> Result<OpOutcome, StateMachineError> {
-        if !self.catalog.contains(name) {
-            return Ok(Err(CheckpointError::NotFound(name.to_string())));
+    pub(super) async fn delete(
+        &self,
+        op: &CheckpointOp,
+        index: LogIndex,
+    ) -> Result<OpOutcome, StateMachineError> {
+        let name = op.name();
+        let created_at = self.catalog.meta(name).map(|existing| existing.snapshot.last_index);
+        if let Err(error) = decide(op, index, created_at, self.catalog.count(), usize::MAX) {
+            return Ok(Err(error));
         }
         // Wait for a write in progress, so it does not land after the delete.
         let _ = self.catalog.settled(name).await;
@@ -745,6 +802,32 @@ mod tests {
         huge[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
         let mut reader = BytesReader(SnapshotMeta::default(), Bytes::from(huge));
         assert!(read_envelope(&mut reader).await.is_err());
+    }
+
+    #[test]
+    fn decisions_follow_the_catalog_only() {
+        let create = CheckpointOp::Create { name: "a".into(), created_unix_ms: 1 };
+        let rollback = CheckpointOp::Rollback { name: "a".into() };
+        let delete = CheckpointOp::Delete { name: "a".into() };
+        let at = LogIndex(9);
+        assert_eq!(decide(&create, at, None, 0, 2), Ok(Decision::Create));
+        assert_eq!(decide(&create, at, Some(at), 2, 2), Ok(Decision::AlreadyCreated));
+        assert_eq!(
+            decide(&create, at, Some(LogIndex(4)), 1, 2),
+            Err(CheckpointError::AlreadyExists("a".into()))
+        );
+        // A taken name is reported before a full catalog.
+        assert_eq!(
+            decide(&create, at, Some(LogIndex(4)), 2, 2),
+            Err(CheckpointError::AlreadyExists("a".into()))
+        );
+        assert_eq!(decide(&create, at, None, 2, 2), Err(CheckpointError::TooMany { count: 2, max_count: 2 }));
+        let bad = CheckpointOp::Create { name: "../x".into(), created_unix_ms: 1 };
+        assert!(matches!(decide(&bad, at, None, 0, 2), Err(CheckpointError::InvalidName { .. })));
+        for (op, done) in [(&rollback, Decision::Rollback), (&delete, Decision::Delete)] {
+            assert_eq!(decide(op, at, Some(LogIndex(4)), 2, 2), Ok(done));
+            assert_eq!(decide(op, at, None, 1, 2), Err(CheckpointError::NotFound("a".into())));
+        }
     }
 
     #[test]

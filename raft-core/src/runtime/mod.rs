@@ -409,9 +409,12 @@ impl RaftNode {
 
     /// Rolls the state machine back to the checkpoint `name`: commits a
     /// rollback entry; every replica that applies it restores the
-    /// checkpoint's state atomically, and entries committed after it apply
-    /// on top. Resolves once applied here. Fails with
-    /// [`CheckpointError::NotFound`] for an unknown name.
+    /// checkpoint's state atomically (through
+    /// [`StateMachine::restore_checkpoint`], which may keep some state out
+    /// of the rollback), and entries committed after it apply on top.
+    /// Resolves once applied here. Fails with [`CheckpointError::NotFound`]
+    /// for an unknown name. Not retried internally: a rollback entry carries
+    /// no request id, so a timed-out rollback may still apply.
     pub async fn rollback(&self, name: &str) -> Result<Committed, ClientError> {
         checkpoints::validate_name(name)?;
         let op = CheckpointOp::Rollback { name: name.to_string() };

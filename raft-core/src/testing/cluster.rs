@@ -9,7 +9,10 @@ use bytes::Bytes;
 
 use crate::message::Message;
 use crate::protocol::{Config, Engine, FailedRead, ReadState, Ready, RestoredState};
-use crate::types::{Entry, EntryPayload, HardState, LogIndex, Membership, NodeId, SnapshotMeta};
+use crate::runtime::checkpoints::{decide, Decision};
+use crate::types::{
+    CheckpointOp, Entry, EntryPayload, HardState, LogIndex, Membership, NodeId, SnapshotMeta,
+};
 
 /// What one node has made durable: its hard state, its log after the
 /// snapshot, its snapshot, and a snapshot being received.
@@ -68,45 +71,148 @@ impl MemoryDisk {
 
 /// A state machine that records applied commands in order; its snapshot is
 /// the list of commands, length-prefixed.
+///
+/// It also carries out checkpoint entries with the runtime's rules
+/// ([`decide`], at most [`RECORDING_MAX_CHECKPOINTS`] retained): a create
+/// keeps the list of commands at its index, a rollback puts that list back,
+/// a delete forgets it. Retained checkpoints follow the commands in the
+/// snapshot, after a marker no command length can take, so a snapshot
+/// without checkpoints is exactly the list of commands.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RecordingStateMachine {
     /// Applied commands.
     pub commands: Vec<Bytes>,
     /// The last applied index.
     pub applied_index: LogIndex,
+    /// The retained checkpoints: the index of each and the commands then.
+    pub checkpoints: BTreeMap<String, (LogIndex, Vec<Bytes>)>,
+    /// Each checkpoint operation applied since the state machine was
+    /// created or restored, with its outcome (`5 create "before": ok`).
+    pub checkpoint_log: Vec<String>,
 }
+
+/// The most checkpoints a [`RecordingStateMachine`] retains.
+pub const RECORDING_MAX_CHECKPOINTS: usize = 2;
+
+/// The length prefix that marks the start of the checkpoints in a
+/// [`RecordingStateMachine`] snapshot.
+const CHECKPOINTS_MARKER: u32 = u32::MAX;
 
 impl RecordingStateMachine {
     /// Applies one entry.
     pub fn apply(&mut self, entry: &Entry) {
-        if let EntryPayload::Command { data, .. } = &entry.payload {
-            self.commands.push(data.clone());
+        match &entry.payload {
+            EntryPayload::Command { data, .. } => self.commands.push(data.clone()),
+            EntryPayload::Checkpoint(op) => self.apply_checkpoint(op, entry.index),
+            EntryPayload::Blank | EntryPayload::Membership(_) => {}
         }
         self.applied_index = entry.index;
     }
 
+    fn apply_checkpoint(&mut self, op: &CheckpointOp, index: LogIndex) {
+        let name = op.name();
+        let created_at = self.checkpoints.get(name).map(|(at, _)| *at);
+        let decision = decide(op, index, created_at, self.checkpoints.len(), RECORDING_MAX_CHECKPOINTS);
+        let outcome = match decision {
+            Ok(Decision::Create) => {
+                self.checkpoints.insert(name.to_string(), (index, self.commands.clone()));
+                "ok".to_string()
+            }
+            Ok(Decision::Rollback) => {
+                if let Some((_, commands)) = self.checkpoints.get(name) {
+                    self.commands = commands.clone();
+                }
+                "ok".to_string()
+            }
+            Ok(Decision::Delete) => {
+                self.checkpoints.remove(name);
+                "ok".to_string()
+            }
+            Ok(Decision::AlreadyCreated) => "ok (applied again)".to_string(),
+            Err(error) => error.to_string(),
+        };
+        let kind = match op {
+            CheckpointOp::Create { .. } => "create",
+            CheckpointOp::Rollback { .. } => "rollback",
+            CheckpointOp::Delete { .. } => "delete",
+        };
+        self.checkpoint_log.push(format!("{index} {kind} {name:?}: {outcome}"));
+    }
+
     /// Encodes the state.
     pub fn snapshot(&self) -> Bytes {
+        fn put_commands(out: &mut Vec<u8>, commands: &[Bytes]) {
+            for command in commands {
+                out.extend_from_slice(&(command.len() as u32).to_le_bytes());
+                out.extend_from_slice(command);
+            }
+        }
         let mut out = Vec::new();
-        for command in &self.commands {
-            out.extend_from_slice(&(command.len() as u32).to_le_bytes());
-            out.extend_from_slice(command);
+        put_commands(&mut out, &self.commands);
+        if !self.checkpoints.is_empty() {
+            out.extend_from_slice(&CHECKPOINTS_MARKER.to_le_bytes());
+            out.extend_from_slice(&(self.checkpoints.len() as u32).to_le_bytes());
+            for (name, (index, commands)) in &self.checkpoints {
+                out.extend_from_slice(&(name.len() as u32).to_le_bytes());
+                out.extend_from_slice(name.as_bytes());
+                out.extend_from_slice(&index.0.to_le_bytes());
+                out.extend_from_slice(&(commands.len() as u32).to_le_bytes());
+                put_commands(&mut out, commands);
+            }
         }
         Bytes::from(out)
     }
 
-    /// Decodes a state written by [`RecordingStateMachine::snapshot`].
+    /// Decodes a state written by [`RecordingStateMachine::snapshot`]
+    /// (leniently: it is test support, and damaged bytes give a shorter
+    /// state rather than a panic).
     pub fn restore(data: &[u8], applied_index: LogIndex) -> Self {
-        let mut commands = Vec::new();
         let mut rest = data;
-        while rest.len() >= 4 {
-            let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
-            let end = (4 + len).min(rest.len());
-            commands.push(Bytes::copy_from_slice(&rest[4..end]));
-            rest = &rest[end..];
+        let mut machine = RecordingStateMachine { applied_index, ..RecordingStateMachine::default() };
+        while let Some(length) = take_u32(&mut rest) {
+            if length == CHECKPOINTS_MARKER {
+                machine.checkpoints = restore_checkpoints(&mut rest);
+                break;
+            }
+            machine.commands.push(take_bytes(&mut rest, length as usize));
         }
-        RecordingStateMachine { commands, applied_index }
+        machine
     }
+}
+
+fn take_u32(rest: &mut &[u8]) -> Option<u32> {
+    let (head, tail) = rest.split_at_checked(4)?;
+    *rest = tail;
+    Some(u32::from_le_bytes([head[0], head[1], head[2], head[3]]))
+}
+
+fn take_u64(rest: &mut &[u8]) -> Option<u64> {
+    let (head, tail) = rest.split_at_checked(8)?;
+    *rest = tail;
+    Some(u64::from_le_bytes(head.try_into().ok()?))
+}
+
+fn take_bytes(rest: &mut &[u8], length: usize) -> Bytes {
+    let (head, tail) = rest.split_at(length.min(rest.len()));
+    *rest = tail;
+    Bytes::copy_from_slice(head)
+}
+
+fn restore_checkpoints(rest: &mut &[u8]) -> BTreeMap<String, (LogIndex, Vec<Bytes>)> {
+    let mut checkpoints = BTreeMap::new();
+    let count = take_u32(rest).unwrap_or(0);
+    for _ in 0..count {
+        let Some(name_length) = take_u32(rest) else { break };
+        let name = String::from_utf8_lossy(&take_bytes(rest, name_length as usize)).into_owned();
+        let (Some(index), Some(commands)) = (take_u64(rest), take_u32(rest)) else { break };
+        let mut kept = Vec::new();
+        for _ in 0..commands {
+            let Some(length) = take_u32(rest) else { break };
+            kept.push(take_bytes(rest, length as usize));
+        }
+        checkpoints.insert(name, (LogIndex(index), kept));
+    }
+    checkpoints
 }
 
 /// One node of a [`Cluster`].

@@ -48,7 +48,11 @@
 //! - `campaign ID`; `tick ID|(IDS)|all [N]`; `tick-heartbeat ID` (one
 //!   heartbeat interval); `tick-election ID` (tick until its election timer
 //!   fires; prints how many ticks that took).
-//! - `propose ID DATA`; `propose-client ID CLIENT SEQ DATA`.
+//! - `propose ID DATA`; `propose-client ID CLIENT SEQ DATA`;
+//!   `propose-checkpoint ID create|rollback|delete NAME` (the recording
+//!   state machine carries checkpoint entries out with the runtime's rules,
+//!   retaining at most two; `applied` then also lists its checkpoints and
+//!   each checkpoint operation it applied, with the outcome).
 //! - `read-index ID id=N [mode=read-index|lease]`.
 //! - `propose-conf-change ID add-learner N | promote N | remove N |
 //!   replace voters=(..) [learners=(..)]`.
@@ -150,6 +154,7 @@ scenarios!(
     lease_read,
     transfer,
     dedup,
+    checkpoints,
     flow_control,
     bad_input,
 );

@@ -6,9 +6,11 @@
 //! Tests wait on the nodes' status watches, never on sleeps.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use bytes::Bytes;
 use raft_core::local::LocalNetwork;
 use raft_core::memory::{MemoryLogStore, MemorySnapshotStore};
@@ -17,9 +19,77 @@ use raft_core::runtime::{
     CheckpointError, CheckpointLimits, ClientError, NodeStatus, Parts, RaftNode, ReadConsistency,
     RuntimeConfig, SnapshotPolicy, StartMode,
 };
+use raft_core::state_machine::{SnapshotSource, StateMachine, StateMachineError};
+use raft_core::storage::SnapshotReader;
 use raft_core::testing::client::read_retrying;
 use raft_core::testing::map_state_machine::MapStateMachine;
-use raft_core::types::{Membership, NodeId, Role};
+use raft_core::types::{Entry, EntryPayload, LogIndex, Membership, NodeId, Role, Term};
+
+/// How often the runtime called a node's state machine to replace its state.
+#[derive(Debug, Default)]
+struct RestoreCalls {
+    /// `StateMachine::restore`: snapshot installs and restarts.
+    restores: AtomicU64,
+    /// `StateMachine::restore_checkpoint`: rollbacks.
+    rollbacks: AtomicU64,
+}
+
+impl RestoreCalls {
+    fn counts(&self) -> (u64, u64) {
+        (self.restores.load(Ordering::SeqCst), self.rollbacks.load(Ordering::SeqCst))
+    }
+}
+
+/// The key a rollback leaves alone, like raft-node's node directory: the
+/// state machine below overrides `restore_checkpoint` to keep its current
+/// value.
+const PINNED_KEY: &str = "pinned";
+
+/// A [`MapStateMachine`] that counts the runtime's calls to `restore` and
+/// `restore_checkpoint`, and rolls back everything but [`PINNED_KEY`].
+struct CountingStateMachine {
+    inner: MapStateMachine,
+    calls: Arc<RestoreCalls>,
+}
+
+#[async_trait]
+impl StateMachine for CountingStateMachine {
+    async fn apply(&mut self, entries: &[Entry]) -> Result<Vec<Bytes>, StateMachineError> {
+        self.inner.apply(entries).await
+    }
+
+    async fn query(&mut self, query: Bytes) -> Result<Bytes, StateMachineError> {
+        self.inner.query(query).await
+    }
+
+    async fn begin_snapshot(&mut self) -> Result<Box<dyn SnapshotSource>, StateMachineError> {
+        self.inner.begin_snapshot().await
+    }
+
+    async fn restore(&mut self, snapshot: &mut dyn SnapshotReader) -> Result<(), StateMachineError> {
+        self.calls.restores.fetch_add(1, Ordering::SeqCst);
+        self.inner.restore(snapshot).await
+    }
+
+    async fn restore_checkpoint(
+        &mut self,
+        checkpoint: &mut dyn SnapshotReader,
+    ) -> Result<(), StateMachineError> {
+        self.calls.rollbacks.fetch_add(1, Ordering::SeqCst);
+        let pinned = self.inner.value(PINNED_KEY).map(str::to_string);
+        self.inner.restore(checkpoint).await?;
+        // Put the pinned key back as it was before the rollback (or remove
+        // it). The map applies commands whatever their index.
+        let data = format!("{PINNED_KEY}={}", pinned.unwrap_or_default());
+        let entry = Entry {
+            term: Term(0),
+            index: LogIndex(0),
+            payload: EntryPayload::Command { client: None, data: Bytes::from(data) },
+        };
+        self.inner.apply(&[entry]).await?;
+        Ok(())
+    }
+}
 
 /// The stores of one node, kept across restarts.
 #[derive(Clone, Default)]
@@ -36,6 +106,8 @@ struct TestCluster {
     snapshot_after_entries: u64,
     /// Checkpoint bounds other than the defaults.
     limits: Option<CheckpointLimits>,
+    /// Each node's calls to replace its state, across restarts.
+    restore_calls: BTreeMap<u64, Arc<RestoreCalls>>,
 }
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -52,6 +124,7 @@ impl TestCluster {
             nodes: BTreeMap::new(),
             snapshot_after_entries,
             limits: None,
+            restore_calls: BTreeMap::new(),
         };
         let membership = Membership::with_voters(voters.iter().map(|id| NodeId(*id)));
         for id in voters {
@@ -78,11 +151,12 @@ impl TestCluster {
     async fn start(&mut self, id: u64, mode: StartMode) {
         let disk = self.disks.entry(id).or_default().clone();
         let (transport, inbox) = self.network.register(NodeId(id), 4096);
+        let calls = Arc::clone(self.restore_calls.entry(id).or_default());
         let parts = Parts {
             log_store: Arc::new(disk.log),
             snapshot_store: Arc::new(disk.snapshots),
             checkpoint_store: Arc::new(disk.checkpoints),
-            state_machine: Box::new(MapStateMachine::default()),
+            state_machine: Box::new(CountingStateMachine { inner: MapStateMachine::default(), calls }),
             transport: Arc::new(transport),
             inbox,
         };
@@ -418,6 +492,64 @@ async fn restarted_nodes_keep_their_checkpoints() {
     for id in [1, 2, 3] {
         assert_eq!(stale(&cluster, id, "k").await, "v1", "node {id}");
         assert_eq!(stale(&cluster, id, "filler-0").await, "", "node {id}");
+    }
+    cluster.shutdown().await;
+}
+
+/// A rollback goes through `StateMachine::restore_checkpoint`, so a state
+/// machine can keep part of its state (here the pinned key, in raft-node
+/// the node directory); installing a snapshot goes through `restore` and
+/// replaces everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_calls_restore_checkpoint_and_a_snapshot_install_calls_restore() {
+    let cluster = TestCluster::bootstrap_with(&[1, 2, 3], 20).await;
+    let leader = cluster.wait_for_leader(&[1, 2, 3]).await;
+    let lagging = [1, 2, 3].into_iter().find(|id| *id != leader).unwrap();
+    let connected: Vec<u64> = [1, 2, 3].into_iter().filter(|id| *id != lagging).collect();
+    let raft = &cluster.nodes[&leader];
+    cluster.put(leader, "data", "checkpointed").await;
+    cluster.put(leader, PINNED_KEY, "before").await;
+    raft.checkpoint("base").await.unwrap();
+    cluster.network.isolate(NodeId(lagging));
+    cluster.put(leader, "data", "later").await;
+    cluster.put(leader, PINNED_KEY, "after").await;
+    raft.rollback("base").await.unwrap();
+    settle(&cluster, leader, &connected).await;
+    for id in &connected {
+        assert_eq!(cluster.restore_calls[id].counts(), (0, 1), "node {id}: (restores, rollbacks)");
+        assert_eq!(stale(&cluster, *id, "data").await, "checkpointed", "node {id}: the data rolled back");
+        assert_eq!(stale(&cluster, *id, PINNED_KEY).await, "after", "node {id}: the override kept this");
+    }
+
+    // The lagging node catches up by a snapshot taken after the rollback:
+    // it installs the rolled-back state and never applies the rollback.
+    let rollback_index = raft.last_rollback_index().unwrap();
+    for i in 0..40 {
+        cluster.put(leader, &format!("filler-{i}"), "x").await;
+    }
+    cluster.wait_for(leader, "a snapshot after the rollback", |s| s.snapshot_index > rollback_index).await;
+    cluster.network.heal();
+    settle(&cluster, leader, &[1, 2, 3]).await;
+    let (restores, rollbacks) = cluster.restore_calls[&lagging].counts();
+    assert!(
+        restores >= 1 && rollbacks == 0,
+        "lagging node {lagging}: {restores} restores, {rollbacks} rollbacks"
+    );
+    assert_eq!(stale(&cluster, lagging, "data").await, "checkpointed");
+    assert_eq!(stale(&cluster, lagging, PINNED_KEY).await, "after");
+
+    // A second rollback reaches every node through the hook, the one that
+    // caught up by snapshot included.
+    cluster.put(leader, "data", "again").await;
+    cluster.put(leader, PINNED_KEY, "latest").await;
+    raft.rollback("base").await.unwrap();
+    settle(&cluster, leader, &[1, 2, 3]).await;
+    for id in [1, 2, 3] {
+        let rollbacks = cluster.restore_calls[&id].counts().1;
+        let expected = if id == lagging { 1 } else { 2 };
+        assert_eq!(rollbacks, expected, "node {id}");
+        assert_eq!(stale(&cluster, id, "data").await, "checkpointed", "node {id}");
+        assert_eq!(stale(&cluster, id, PINNED_KEY).await, "latest", "node {id}");
     }
     cluster.shutdown().await;
 }

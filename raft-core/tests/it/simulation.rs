@@ -81,9 +81,12 @@ fn a_seed_replays_bit_for_bit() {
 fn a_seed_exercises_faults_clients_and_snapshots() {
     let mut totals = sim::RunStats::default();
     let mut operations = 0;
+    let (mut checkpoint_operations, mut rollbacks) = (0, 0);
     for seed in 0..10 {
         let report = sim::run_seed(&ci_options(seed)).expect("the seed passes");
         operations += report.definite_operations;
+        checkpoint_operations += report.checkpoint_operations;
+        rollbacks += report.rollbacks;
         let stats = report.stats;
         totals.crashes += stats.crashes;
         totals.membership_changes += stats.membership_changes;
@@ -96,6 +99,8 @@ fn a_seed_exercises_faults_clients_and_snapshots() {
     assert!(totals.membership_changes > 5, "{totals:?}");
     assert!(totals.snapshots_installed > 5, "{totals:?}");
     assert!(totals.follower_reads > 50, "{totals:?}");
+    assert!(checkpoint_operations > 20, "clients sent only {checkpoint_operations} checkpoint operations");
+    assert!(rollbacks > 3, "only {rollbacks} rollbacks succeeded");
 }
 
 /// Seeds that once exposed an engine bug, at the default length. (A later
@@ -155,6 +160,36 @@ fn the_simulator_catches_entries_applied_before_they_commit() {
 #[test]
 fn the_simulator_catches_votes_that_are_not_persisted() {
     assert_caught("forget_vote", 50);
+}
+
+/// Hunts for a state machine mistake from seed 0 and requires a violation
+/// of `property` within `max_seeds`.
+fn assert_state_machine_bug_caught(bug: &str, property: sim::Property, max_seeds: u64) {
+    let kv_bugs = sim::kv_bug(bug).expect("a known state machine bug");
+    let template = SimOptions { kv_bugs, ..ci_options(0) };
+    match sim::hunt(&template, Default::default(), 0, max_seeds) {
+        Some((seeds, violation)) => {
+            assert_eq!(violation.property, property, "{bug}: {violation}");
+            eprintln!("{bug}: caught after {seeds} seed(s): {violation}");
+        }
+        None => panic!("the simulator did not catch {bug} in {max_seeds} seeds"),
+    }
+}
+
+/// Every replica makes the same mistake, so the replicas agree and only the
+/// client history shows that a read after a rollback sees a value the
+/// checkpoint did not hold.
+#[test]
+fn the_client_history_exposes_a_rollback_that_keeps_the_data() {
+    assert_state_machine_bug_caught("rollback_keeps_data", sim::Property::Linearizability, 50);
+}
+
+/// A node that installs (or restarts from) a snapshot without the
+/// checkpoints holds another catalog than the replicas that applied the
+/// entries.
+#[test]
+fn the_simulator_catches_snapshots_that_drop_the_checkpoints() {
+    assert_state_machine_bug_caught("snapshot_drops_checkpoints", sim::Property::StateMachineSafety, 50);
 }
 
 /// With the per-step checks off, the client history alone must expose a

@@ -30,6 +30,32 @@
 //! checks everything (including a CRC32C over the whole snapshot) and only
 //! then replaces the current state.
 //!
+//! # Rollback
+//!
+//! A rollback to a checkpoint ([`StateMachine::restore_checkpoint`]) puts
+//! back the checkpoint's **keys** (values and versions) and nothing else:
+//!
+//! - **The node directory stays as it is.** It describes the cluster's
+//!   members, which a rollback does not change (the engine's membership is
+//!   not rolled back); restored, it would lose the addresses of a node added
+//!   after the checkpoint and bring back those of a node removed since.
+//! - **The deduplication table stays as it is.** A request is applied at
+//!   most once, rollback or not: a retry of a request applied after the
+//!   checkpoint gets its first answer again, whose index (below the
+//!   rollback's) tells that the rollback undid it, as it undid every other
+//!   write after the checkpoint. Restoring the table with the keys would
+//!   instead apply such a retry a second time, on top of the restored
+//!   state: one request taking effect twice (not linearizable), and a
+//!   client's retry loop quietly redoing part of what the rollback undid. A
+//!   client that wants its write after the rollback sends it again as a new
+//!   request.
+//! - The applied index stays the current one; the runtime then applies the
+//!   rollback entry itself.
+//!
+//! A snapshot install or a restart ([`StateMachine::restore`]) replaces the
+//! whole state, directory and table included: that state is the cluster's
+//! state at the snapshot's index.
+//!
 //! The digest ([`KvQuery::Digest`]) lets tests and operators compare
 //! replicas: FNV-1a-64 over every key in byte order, each written as the
 //! key's length (u64 little-endian), the key, the version (u64 LE), the
@@ -253,6 +279,26 @@ impl StateMachine for KvStateMachine {
         );
         self.state = restored;
         self.publish_directory();
+        Ok(())
+    }
+
+    /// Puts back the checkpoint's keys only; the directory, the
+    /// deduplication table and the applied index stay as they are (see the
+    /// module documentation). The checkpoint is read and checked completely
+    /// before anything changes.
+    async fn restore_checkpoint(
+        &mut self,
+        checkpoint: &mut dyn SnapshotReader,
+    ) -> Result<(), StateMachineError> {
+        let restored = snapshot::restore(checkpoint, self.limits.max_dedup_clients).await?;
+        tracing::debug!(
+            checkpoint_index = restored.applied_index,
+            applied_index = self.state.applied_index,
+            keys = restored.data.len(),
+            "rolled the keys back to a checkpoint; the directory and the deduplication table stay"
+        );
+        self.state.data = restored.data;
+        self.state.value_bytes = restored.value_bytes;
         Ok(())
     }
 }

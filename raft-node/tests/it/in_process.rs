@@ -3,8 +3,12 @@
 
 use std::time::Instant;
 
+use raft_core::types::NodeId;
 use raft_node::api::{ClusterStatus, ErrorBody, KeyList, WriteResult};
+use raft_node::config::JoinRole;
 use raft_node::node::{self, RunningNode};
+use raft_transport_quic::certs::ClusterCa;
+use raft_transport_quic::ClusterId;
 
 use crate::support::{config, run_args, write_certificates, Ports, WAIT};
 
@@ -42,6 +46,28 @@ impl Cluster {
             nodes.push(Some(node::start(config(&args), None).await.unwrap()));
         }
         Cluster { nodes, ports, http: crate::support::http_client(), _directory: directory }
+    }
+
+    /// Starts node `id` (the next id) empty and has it ask node `via` to
+    /// add it with `role`; returns once it runs.
+    pub(crate) async fn join(&mut self, id: u64, via: u64, role: JoinRole) {
+        assert_eq!(id as usize, self.nodes.len() + 1, "nodes join in id order");
+        let certs = self._directory.path().join("certs");
+        let ca = ClusterCa::read_pem_files(&ClusterId::new("test").unwrap(), &certs).unwrap();
+        ca.issue_node(NodeId(id), &["127.0.0.1".into()]).unwrap().write_pem_files(&certs).unwrap();
+        let ports = Ports::pick();
+        let mut args = run_args(id, &ports, &self._directory.path().join(format!("node-{id}")), &certs);
+        args.join = Some(self.url(via));
+        args.join_as = Some(role);
+        self.ports.push(ports);
+        self.nodes.push(Some(node::start(config(&args), None).await.unwrap()));
+    }
+
+    /// Shuts node `id` down (handing leadership over if it leads).
+    pub(crate) async fn stop(&mut self, id: u64) {
+        if let Some(node) = self.nodes[(id - 1) as usize].take() {
+            node.shutdown().await;
+        }
     }
 
     pub(crate) fn url(&self, id: u64) -> String {

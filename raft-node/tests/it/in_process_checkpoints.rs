@@ -1,13 +1,19 @@
 //! Checkpoints over HTTP on nodes started in this process: every error
-//! class, rollback, export, and a new cluster started from an export.
+//! class, rollback, export, a new cluster started from an export, and a
+//! rollback across membership changes (the node directory is not rolled
+//! back).
 
+use std::collections::BTreeSet;
 use std::time::Instant;
 
+use raft_core::runtime::ReadConsistency;
 use raft_node::api::{
     CheckpointList, CheckpointOpResult, CheckpointSummary, Digest, ErrorBody, WriteResult,
     CHECKPOINT_CHECKSUM_HEADER, CHECKPOINT_INDEX_HEADER,
 };
 use raft_node::checkpoint_file;
+use raft_node::config::JoinRole;
+use raft_node::kv::{Directory, KvAnswer, KvQuery};
 
 use crate::in_process::{error_code, Cluster};
 use crate::support::WAIT;
@@ -318,4 +324,130 @@ async fn a_new_cluster_restored_from_an_export_holds_the_same_state() {
     assert_eq!(status.nodes.len(), 3);
     assert_eq!(status.nodes[&leader].client_address, restored.url(leader));
     restored.shutdown().await;
+}
+
+/// The replicated directory as node `node`'s state machine holds it (not
+/// the directory in force, which a local seed may complete).
+async fn replicated_directory(cluster: &Cluster, node: u64) -> Directory {
+    let running = cluster.nodes[(node - 1) as usize].as_ref().expect("a running node");
+    let query = KvQuery::Directory.encode();
+    let answer = running.raft.read(query, ReadConsistency::Stale).await.unwrap();
+    match KvAnswer::decode(&answer).unwrap() {
+        KvAnswer::Directory(directory) => directory,
+        other => panic!("a directory query answered {other:?}"),
+    }
+}
+
+/// Waits until `node`'s replicated directory and the directory it shows
+/// (`GET /v1/cluster`) both name exactly `expected`, with the addresses
+/// each node registered, and its configuration has exactly these voters.
+async fn directory_settles(cluster: &Cluster, node: u64, expected: &[u64]) {
+    let expected: BTreeSet<u64> = expected.iter().copied().collect();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let replicated = replicated_directory(cluster, node).await;
+        let status = cluster.status(node).await;
+        let replicated_ids: BTreeSet<u64> = replicated.keys().map(|id| id.get()).collect();
+        let shown_ids: BTreeSet<u64> = status.nodes.keys().copied().collect();
+        let voters: BTreeSet<u64> = status.members.voters.iter().copied().collect();
+        let addresses_right =
+            replicated.iter().all(|(id, addresses)| addresses.client == cluster.url(id.get()));
+        if replicated_ids == expected && shown_ids == expected && voters == expected && addresses_right {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node {node}: replicated directory {replicated_ids:?}, shown {shown_ids:?}, voters {voters:?}, \
+             expected {expected:?}: {replicated:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// Sends the request `make` builds until it is answered 200; a 409 (the
+/// membership change that added a node is still settling) or a 503
+/// (leadership moving) is retried, anything else fails the test.
+async fn until_ok(what: &str, make: impl Fn() -> reqwest::RequestBuilder) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let response = make().send().await.unwrap();
+        let status = response.status().as_u16();
+        if status == 200 {
+            return;
+        }
+        let body = response.text().await.unwrap_or_default();
+        assert!((status == 409 || status == 503) && Instant::now() < deadline, "{what}: {status} {body}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// Rollback restores the keys only: a node added after the checkpoint
+/// keeps its directory entry (and keeps serving), a node removed after it
+/// does not come back, and every replica holds the checkpoint's keys plus
+/// the writes after the rollback.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_keeps_the_directory_of_nodes_added_and_removed_after_the_checkpoint() {
+    let mut cluster = Cluster::start(3).await;
+    let leader = cluster.leader().await;
+    put(&cluster, leader, "colour", "red").await;
+    put(&cluster, leader, "shape", "square").await;
+    let created: CheckpointSummary = create(&cluster, leader, "before").await.json().await.unwrap();
+    let at_checkpoint = agreed_digest(&cluster, &[1, 2, 3], created.index).await;
+    for node in 1..=3 {
+        directory_settles(&cluster, node, &[1, 2, 3]).await;
+    }
+
+    // After the checkpoint: node 4 joins as a voter, node 3 is removed.
+    cluster.join(4, leader, JoinRole::Voter).await;
+    if cluster.leader().await == 3 {
+        let transfer = serde_json::json!({ "target": 1 });
+        until_ok("moving leadership off node 3", || {
+            cluster.http.post(format!("{}/v1/cluster/leader", cluster.url(3))).json(&transfer)
+        })
+        .await;
+    }
+    until_ok("removing node 3 through node 4", || {
+        cluster.http.delete(format!("{}/v1/cluster/members/3", cluster.url(4)))
+    })
+    .await;
+    cluster.stop(3).await;
+    let members = [1, 2, 4];
+    for node in members {
+        directory_settles(&cluster, node, &members).await;
+    }
+    put(&cluster, 4, "colour", "blue").await;
+    put(&cluster, 4, "size", "large").await;
+
+    // The rollback, through the node that did not exist at the checkpoint.
+    let rollback =
+        cluster.http.post(format!("{}/v1/checkpoints/before/rollback", cluster.url(4))).send().await.unwrap();
+    assert_eq!(rollback.status(), 200);
+    let rolled_back: CheckpointOpResult = rollback.json().await.unwrap();
+    let after_rollback = agreed_digest(&cluster, &members, rolled_back.index).await;
+    assert_eq!(
+        (after_rollback.keys, after_rollback.hash.clone()),
+        (at_checkpoint.keys, at_checkpoint.hash.clone()),
+        "the keys are the checkpoint's"
+    );
+    for node in members {
+        directory_settles(&cluster, node, &members).await;
+    }
+
+    // The cluster keeps serving, through node 4 too, and writes after the
+    // rollback apply on top of the checkpoint's keys on every replica.
+    let later = put(&cluster, 4, "size", "small").await;
+    let leader = cluster.leader().await;
+    put(&cluster, leader, "after", "rollback").await;
+    let last = put(&cluster, 1, "shape", "circle").await;
+    assert!(later.index > rolled_back.index);
+    let settled = agreed_digest(&cluster, &members, last.index).await;
+    assert_eq!(settled.keys, 4);
+    for node in members {
+        assert_eq!(value(&cluster, node, "colour").await.as_deref(), Some("red"), "node {node}");
+        assert_eq!(value(&cluster, node, "shape").await.as_deref(), Some("circle"), "node {node}");
+        assert_eq!(value(&cluster, node, "size").await.as_deref(), Some("small"), "node {node}");
+        assert_eq!(value(&cluster, node, "after").await.as_deref(), Some("rollback"), "node {node}");
+        directory_settles(&cluster, node, &members).await;
+    }
+    cluster.shutdown().await;
 }

@@ -20,21 +20,25 @@
 //! * The search looks only for linearizations in a normal form, which
 //!   loses nothing: if a linearization exists, one exists in which no
 //!   indeterminate operation can be dropped and none can move later. In
-//!   such a one, every indeterminate operation changes the value, and the
-//!   operation right after it depends on that change: it does not overwrite
-//!   the value blindly (a write or a delete; else the indeterminate one
-//!   could be dropped), and it is not accepted without effect from both the
-//!   value before and the value after (else the two could swap). This rule
-//!   depends on the last lift and the value before it, so this
-//!   "obligation" is part of a configuration: pruning then depends on the
-//!   configuration alone, never on the path to it, which is what keeps the
-//!   memoisation sound. A configuration without an obligation covers the
-//!   same one with an obligation, not the other way round. The effect is
-//!   that an indeterminate operation is tried only right before an
+//!   such a one, every indeterminate operation changes the key's state (its
+//!   value or its checkpoints), and the operation right after it depends on
+//!   that change: from the state before the indeterminate one it would not
+//!   be accepted with the same resulting state (else the indeterminate one
+//!   could be dropped; a write or a delete right after a change of the
+//!   value alone is the common case), and it is not accepted without effect
+//!   from both the state before and the state after (else the two could
+//!   swap). This rule depends on the last lift and the state before it, so
+//!   this "obligation" is part of a configuration: pruning then depends on
+//!   the configuration alone, never on the path to it, which is what keeps
+//!   the memoisation sound. A configuration without an obligation covers
+//!   the same one with an obligation, not the other way round. The effect
+//!   is that an indeterminate operation is tried only right before an
 //!   operation that observes it, instead of at every step.
 //! * Values that no operation compares against (no read returned them, no
 //!   compare-and-set expected them) behave identically in the model, so
-//!   they are all replaced by one placeholder before the search. The
+//!   they are all replaced by one placeholder before the search. A
+//!   checkpoint remembers values and a rollback puts them back, but neither
+//!   compares them, so this holds for them too. The
 //!   indeterminate operations then fall into classes with identical effect
 //!   (all unobserved writes are one class), and within a class only the
 //!   earliest-invoked pending one is ever tried: in any linearization, two
@@ -56,7 +60,7 @@ use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::mem::{size_of, size_of_val};
 
-use super::{is_blind, map_written_values, observed_values, step, KeyOperation, SearchBudget};
+use super::{map_written_values, observed_values, step, KeyOperation, KeyState, Model, SearchBudget};
 
 /// How one key's search ended.
 pub(super) enum SearchResult {
@@ -73,15 +77,11 @@ pub(super) struct SearchReport {
     pub(super) explored_states: u64,
 }
 
-/// Searches for a linearization of one key's operations, starting from the
-/// value `initial`.
-pub(super) fn search_key(
-    operations: &[KeyOperation],
-    initial: Option<u64>,
-    budget: SearchBudget,
-) -> SearchReport {
-    let (operations, initial) = canonicalize(operations, initial);
-    let mut search = Search::new(&operations, initial, budget);
+/// Searches for a linearization of one key's operations under `model`.
+pub(super) fn search_key(operations: &[KeyOperation], model: Model, budget: SearchBudget) -> SearchReport {
+    let (operations, initial) = canonicalize(operations, model.initial);
+    let model = Model { initial, ..model };
+    let mut search = Search::new(&operations, model, budget);
     let result = search.run();
     SearchReport { result, explored_states: search.cache.configurations }
 }
@@ -136,8 +136,8 @@ impl BestPrefix {
 #[derive(Clone, Copy)]
 struct Frame {
     operation: usize,
-    /// The key's value before the operation, restored on backtracking.
-    state_before: Option<u64>,
+    /// The key's state before the operation, restored on backtracking.
+    state_before: KeyState,
     /// For an indeterminate operation, the deadline its candidates were
     /// scanned under, to resume the scan after it on backtracking.
     deadline: u64,
@@ -151,24 +151,28 @@ enum Obligation {
     /// Any candidate may come next.
     None,
     /// The configuration was reached by an indeterminate operation that
-    /// changed the value from `before`; the next operation must depend on
+    /// changed the state from `before`; the next operation must depend on
     /// that change, or the indeterminate one was useless there.
-    DependOn { before: Option<u64> },
+    DependOn { before: KeyState },
 }
 
 impl Obligation {
-    /// Whether `operation`, taking the value from `state` to `after`, may
+    /// Whether `operation`, taking the state from `state` to `after`, may
     /// come next. An operation does not depend on the change from `before`
-    /// if it overwrites the value blindly, or if it would be accepted
-    /// without effect from `before` as well as from `state`: the
-    /// indeterminate operation could then have come after it instead.
-    fn allows(self, operation: KeyOperation, state: Option<u64>, after: Option<u64>) -> bool {
+    /// if from `before` it would be accepted and reach `after` all the same
+    /// (a write after a change of the value alone: the indeterminate
+    /// operation could be dropped), or if it would be accepted without
+    /// effect from `before` as well as from `state` (the indeterminate
+    /// operation could come after it instead).
+    fn allows(self, model: Model, operation: KeyOperation, state: KeyState, after: KeyState) -> bool {
         let Obligation::DependOn { before } = self else {
             return true;
         };
-        let without_effect_either_way =
-            after == state && step(before, operation.op, operation.outcome) == Some(before);
-        !is_blind(operation.op) && !without_effect_either_way
+        match step(model, before, operation.op, operation.outcome) {
+            Some(from_before) if from_before == after => false,
+            Some(from_before) => !(after == state && from_before == before),
+            None => true,
+        }
     }
 }
 
@@ -208,7 +212,9 @@ struct Search<'a> {
     determinate_hash: u64,
     /// Bitset of the linearized indeterminate operations, by slot.
     indeterminate_linearized: Vec<u64>,
-    state: Option<u64>,
+    state: KeyState,
+    /// The specification; its initial value is already canonical.
+    model: Model,
     stack: Vec<Frame>,
     /// Determinate operations not yet linearized; the search succeeds at 0.
     remaining_determinate: usize,
@@ -218,7 +224,7 @@ struct Search<'a> {
 }
 
 impl<'a> Search<'a> {
-    fn new(operations: &'a [KeyOperation], initial: Option<u64>, budget: SearchBudget) -> Self {
+    fn new(operations: &'a [KeyOperation], model: Model, budget: SearchBudget) -> Self {
         let (mut determinate, mut indeterminate) = (0, 0);
         let slots: Vec<usize> = operations
             .iter()
@@ -243,7 +249,8 @@ impl<'a> Search<'a> {
             determinate_linearized: vec![0; determinate.div_ceil(64)],
             determinate_hash: 0,
             indeterminate_linearized: vec![0; indeterminate.div_ceil(64)],
-            state: initial,
+            state: KeyState::new(model.initial),
+            model,
             stack: Vec::new(),
             remaining_determinate: determinate,
             cache: Cache::default(),
@@ -363,12 +370,14 @@ impl<'a> Search<'a> {
         if indeterminate && !self.earliest_of_class(operation) {
             return false;
         }
-        let Some(after) = step(self.state, record.op, record.outcome) else {
+        let Some(after) = step(self.model, self.state, record.op, record.outcome) else {
             return false;
         };
         // An indeterminate operation without effect here is equivalent to
         // one placed at the end, which leaving it out already covers.
-        if (indeterminate && after == self.state) || !self.obligation().allows(record, self.state, after) {
+        if (indeterminate && after == self.state)
+            || !self.obligation().allows(self.model, record, self.state, after)
+        {
             return false;
         }
         // Lifting an indeterminate operation obliges the next lift to
@@ -471,15 +480,14 @@ impl<'a> Search<'a> {
         let classes_invoked = (0..self.classes.members.len())
             .find(|&class| !invoked(self.classes.members[class].first().copied()))
             .unwrap_or(self.classes.members.len());
-        // A blind operation can never follow one that must be depended on.
-        followers.extend(
-            (0..classes_invoked)
-                .filter_map(|class| self.classes.members[class].first().copied())
-                .filter(|&member| !is_blind(self.operations[member].op)),
-        );
-        // Whether some follower depends on a change to each value, by value:
-        // the classes share few distinct values, so this saves most scans.
-        let mut helps_by_value: Vec<(Option<u64>, bool)> = Vec::new();
+        // Whether one of them can follow depends on the change (see
+        // `could_follow`), not on the kind of operation alone: a write
+        // depends on an earlier change to the checkpoints, not the value.
+        followers
+            .extend((0..classes_invoked).filter_map(|class| self.classes.members[class].first().copied()));
+        // Whether some follower depends on a change to each state, by state:
+        // the classes share few distinct states, so this saves most scans.
+        let mut helps_by_value: Vec<(KeyState, bool)> = Vec::new();
         for class in 0..classes_invoked {
             if invoked(self.classes.earliest_pending(class)) {
                 continue;
@@ -488,10 +496,10 @@ impl<'a> Search<'a> {
                 continue;
             };
             let operation = self.operations[representative];
-            let Some(after) = step(self.state, operation.op, operation.outcome) else {
+            let Some(after) = step(self.model, self.state, operation.op, operation.outcome) else {
                 continue;
             };
-            if after == self.state || !self.obligation().allows(operation, self.state, after) {
+            if after == self.state || !self.obligation().allows(self.model, operation, self.state, after) {
                 continue;
             }
             let helps = match helps_by_value.iter().find(|(value, _)| *value == after) {
@@ -510,13 +518,13 @@ impl<'a> Search<'a> {
     }
 
     /// Whether one of `followers` could come right after an indeterminate
-    /// operation that changed the value from the current one to `after`.
-    fn could_follow(&self, after: Option<u64>, followers: &[usize]) -> bool {
+    /// operation that changed the state from the current one to `after`.
+    fn could_follow(&self, after: KeyState, followers: &[usize]) -> bool {
         let obligation = Obligation::DependOn { before: self.state };
         followers.iter().any(|&follower| {
             let next = self.operations[follower];
-            step(after, next.op, next.outcome).is_some_and(|next_after| {
-                obligation.allows(next, after, next_after)
+            step(self.model, after, next.op, next.outcome).is_some_and(|next_after| {
+                obligation.allows(self.model, next, after, next_after)
                     && (!next.is_indeterminate() || next_after != after)
             })
         })
@@ -666,7 +674,7 @@ struct CacheSlot {
 /// and those far ahead none, so only a window around the concurrent ones
 /// needs memory.
 struct Group {
-    state: Option<u64>,
+    state: KeyState,
     obligation: Obligation,
     full_words: usize,
     determinate_words: Box<[u64]>,
@@ -768,7 +776,7 @@ struct Key<'a> {
     determinate: &'a [u64],
     /// Zobrist hash of `determinate`.
     determinate_hash: u64,
-    state: Option<u64>,
+    state: KeyState,
     obligation: Obligation,
 }
 
@@ -920,9 +928,25 @@ fn value_hash(value: Option<u64>) -> u64 {
     }
 }
 
-fn state_hash(state: Option<u64>, obligation: Obligation) -> u64 {
+/// The hash of a key's state: its value's, then each checkpoint's
+/// (absent, or what it remembered) mixed in by name.
+fn key_state_hash(state: KeyState) -> u64 {
+    let mut hash = value_hash(state.value);
+    for name in 0..super::MAX_CHECKPOINT_NAMES {
+        let slot = match state.remembered(super::CheckpointName(name as u8)) {
+            None => 0x51A7_E000_0000_0000,
+            Some(remembered) => value_hash(remembered),
+        };
+        hash = mix(hash.rotate_left(23) ^ slot ^ name as u64);
+    }
+    hash
+}
+
+fn state_hash(state: KeyState, obligation: Obligation) -> u64 {
     match obligation {
-        Obligation::None => value_hash(state),
-        Obligation::DependOn { before } => mix(value_hash(state) ^ value_hash(before).rotate_left(17)),
+        Obligation::None => key_state_hash(state),
+        Obligation::DependOn { before } => {
+            mix(key_state_hash(state) ^ key_state_hash(before).rotate_left(17))
+        }
     }
 }

@@ -9,7 +9,9 @@
 //! - **Leader Completeness**: every committed entry and the term in which its
 //!   commit was first seen; each leader of a later term must hold it.
 //! - **State Machine Safety**: every applied entry and the state machine's
-//!   digest right after it; every replica must agree.
+//!   digest right after it, and separately the digest of its checkpoint
+//!   catalog (names, indexes, the keys each remembers); every replica must
+//!   agree on both, including one that got there by installing a snapshot.
 //! - **Monotonicity**: per node, term, vote within a term and commit index
 //!   never go back while the node runs; its durable hard state never goes
 //!   back at all, across crashes.
@@ -36,13 +38,35 @@ struct CommittedEntry {
     seen_in_term: Term,
 }
 
-/// An applied entry as first applied, with the state machine's digest after it.
+/// An applied entry as first applied, with the state machine's digests
+/// after it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct AppliedEntry {
     node: NodeId,
     term: Term,
     payload: u64,
+    /// The whole state's digest.
     digest: u64,
+    /// The checkpoint catalog's digest (also part of `digest`; compared on
+    /// its own to say which part differs).
+    catalog: u64,
+}
+
+/// A state machine's digests after some index: the whole state's, and its
+/// checkpoint catalog's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StateDigest {
+    /// The whole state.
+    pub state: u64,
+    /// The checkpoint catalog alone.
+    pub catalog: u64,
+}
+
+impl StateDigest {
+    /// The digests of a simulated key-value store.
+    pub fn of(kv: &super::kv::KvStore) -> Self {
+        StateDigest { state: kv.digest(), catalog: kv.catalog_digest() }
+    }
 }
 
 /// What the checker remembers of one running node (reset on restart).
@@ -335,12 +359,24 @@ impl SafetyChecker {
     }
 
     /// State Machine Safety: no two nodes apply different entries at an
-    /// index, and the state after an index is the same everywhere.
-    pub fn check_applied(&mut self, node: NodeId, entry: &Entry, digest: u64) -> Result<(), Violation> {
+    /// index, and the state and the checkpoint catalog after an index are
+    /// the same everywhere.
+    pub fn check_applied(
+        &mut self,
+        node: NodeId,
+        entry: &Entry,
+        digest: StateDigest,
+    ) -> Result<(), Violation> {
         if self.disabled {
             return Ok(());
         }
-        let applied = AppliedEntry { node, term: entry.term, payload: payload_hash(&entry.payload), digest };
+        let applied = AppliedEntry {
+            node,
+            term: entry.term,
+            payload: payload_hash(&entry.payload),
+            digest: digest.state,
+            catalog: digest.catalog,
+        };
         let known = *self.applied.entry(entry.index).or_insert(applied);
         if (known.term, known.payload) != (applied.term, applied.payload) {
             return Err(self.violation(
@@ -351,33 +387,58 @@ impl SafetyChecker {
                 ),
             ));
         }
-        if known.digest != digest {
+        if known.catalog != digest.catalog {
             return Err(self.violation(
                 Property::StateMachineSafety,
                 format!(
-                    "state machines of nodes {node} and {} differ after entry {}",
-                    known.node, entry.index
+                    "the checkpoint catalogs of nodes {node} and {} differ after entry {} ({:?})",
+                    known.node, entry.index, entry.payload
+                ),
+            ));
+        }
+        if known.digest != digest.state {
+            return Err(self.violation(
+                Property::StateMachineSafety,
+                format!(
+                    "state machines of nodes {node} and {} differ after entry {} ({:?})",
+                    known.node, entry.index, entry.payload
                 ),
             ));
         }
         Ok(())
     }
 
-    /// State Machine Safety for a state machine restored from a snapshot.
-    pub fn check_restored(&self, node: NodeId, index: LogIndex, digest: u64) -> Result<(), Violation> {
+    /// State Machine Safety for a state machine restored from a snapshot:
+    /// its state and its checkpoint catalog are those every replica had at
+    /// the snapshot's index.
+    pub fn check_restored(
+        &self,
+        node: NodeId,
+        index: LogIndex,
+        digest: StateDigest,
+    ) -> Result<(), Violation> {
         if self.disabled {
             return Ok(());
         }
-        match self.applied.get(&index) {
-            Some(known) if known.digest != digest => Err(self.violation(
+        let Some(known) = self.applied.get(&index) else {
+            return Ok(());
+        };
+        let differs = |what: &str| {
+            Err(self.violation(
                 Property::StateMachineSafety,
                 format!(
-                    "node {node} restored a snapshot at {index} that differs from node {}'s state there",
+                    "node {node} restored a snapshot at {index} whose {what} differs from node {}'s there",
                     known.node
                 ),
-            )),
-            _ => Ok(()),
+            ))
+        };
+        if known.catalog != digest.catalog {
+            return differs("checkpoint catalog");
         }
+        if known.digest != digest.state {
+            return differs("state");
+        }
+        Ok(())
     }
 
     /// The digest of the state machine after `index`, as first applied.

@@ -11,6 +11,18 @@
 //! still commit and *indeterminate* otherwise. Reads go through `read_index`
 //! (ReadIndex, or a lease when enabled) on the leader or on a follower, and
 //! are served once that node has applied the read's index.
+//!
+//! Now and then (the scenario's `checkpoint_per_mille`) a client creates,
+//! rolls back to or deletes one of [`CHECKPOINT_NAMES`] checkpoints. A
+//! checkpoint entry carries no request id, so nothing deduplicates it, and
+//! the runtime's clients do not retry one either: a client proposes it again
+//! only when it knows the earlier attempt lost its index to another entry.
+//! Its attempt's (term, index) names the entry in every log (Log Matching),
+//! so the client learns the outcome from whichever node applies that index
+//! first, as a client that reconnects and asks about its entry would; an
+//! attempt whose node crashed or went quiet is no longer waited on there,
+//! but is not proposed again either. An operation still unresolved at its
+//! deadline is indeterminate.
 
 use super::history::{ClientOp, OpOutcome, RecordId};
 use super::kv::{Command, CommandResult};
@@ -18,7 +30,36 @@ use super::node::NodeEvent;
 use super::world::World;
 use super::{Property, Violation};
 use crate::protocol::ProposeError;
-use crate::types::{ClientRequestId, LogIndex, NodeId, ReadId, ReadMode, Term};
+use crate::testing::linearizability::{CheckpointName, CheckpointOutcome};
+use crate::types::{CheckpointOp, ClientRequestId, LogIndex, NodeId, ReadId, ReadMode, Term};
+
+/// How many checkpoint names the clients use: one more than the state
+/// machine retains, so that creates are also refused for a full catalog.
+pub const CHECKPOINT_NAMES: u8 = 4;
+
+/// How many operation timeouts a client waits for a checkpoint entry it got
+/// accepted, during the fault phase: a checkpoint operation left
+/// indeterminate is the costliest uncertainty for the linearizability
+/// checker (see its documentation), and checkpoint operations are rare.
+const CHECKPOINT_PATIENCE: u64 = 3;
+
+/// The checkpoint name a history's [`CheckpointName`] stands for.
+pub fn checkpoint_name(name: CheckpointName) -> String {
+    format!("ck{}", name.0)
+}
+
+/// The replicated operation a client's checkpoint operation proposes;
+/// `None` for an operation on keys.
+fn checkpoint_op(op: ClientOp, now: u64) -> Option<CheckpointOp> {
+    Some(match op {
+        ClientOp::CreateCheckpoint(name) => {
+            CheckpointOp::Create { name: checkpoint_name(name), created_unix_ms: now }
+        }
+        ClientOp::Rollback(name) => CheckpointOp::Rollback { name: checkpoint_name(name) },
+        ClientOp::DeleteCheckpoint(name) => CheckpointOp::Delete { name: checkpoint_name(name) },
+        _ => return None,
+    })
+}
 
 /// One attempt of a write, accepted by a node at (term, index).
 #[derive(Clone, Copy, Debug)]
@@ -59,11 +100,27 @@ struct ReadOp {
     deadline: u64,
 }
 
+/// A checkpoint operation in flight: at most one attempt, never retried
+/// once a node accepted it unless that attempt is known lost.
+#[derive(Clone, Copy, Debug)]
+struct CheckpointOpState {
+    record: RecordId,
+    /// The history's form of the operation.
+    op: ClientOp,
+    attempt: Option<WriteAttempt>,
+    /// The attempt's node crashed or it timed out: its entry may still
+    /// commit, so the client only waits for any node to apply its index.
+    abandoned: bool,
+    next_try_at: u64,
+    deadline: u64,
+}
+
 #[derive(Clone, Copy, Debug)]
 enum ClientState {
     Idle { next_op_at: u64 },
     Writing(WriteOp),
     Reading(ReadOp),
+    Checkpointing(CheckpointOpState),
 }
 
 /// One client.
@@ -79,6 +136,9 @@ pub struct Client {
     leader_hint: NodeId,
     /// The value this client last saw for each key, for compare-and-set.
     last_seen: Vec<Option<u64>>,
+    /// The checkpoint names this client last saw exist (bit per name),
+    /// which most of its rollbacks and deletes aim at; often stale.
+    seen_checkpoints: u8,
 }
 
 impl Client {
@@ -91,6 +151,7 @@ impl Client {
             next_sequence: 1,
             leader_hint: NodeId::NONE,
             last_seen: vec![None; keys as usize],
+            seen_checkpoints: 0,
         }
     }
 
@@ -128,12 +189,16 @@ impl World {
                 }
                 ClientState::Writing(op) => self.drive_write(position, op),
                 ClientState::Reading(op) => self.drive_read(position, op),
+                ClientState::Checkpointing(op) => self.drive_checkpoint(position, op),
             };
             self.clients[position].state = next;
         }
     }
 
     fn start_operation(&mut self, position: usize) -> ClientState {
+        if self.client_rng.chance(self.scenario.checkpoint_per_mille) {
+            return self.start_checkpoint(position);
+        }
         let keys = self.scenario.keys;
         let key = self.client_rng.below(keys);
         let roll = self.client_rng.below(100);
@@ -198,6 +263,99 @@ impl World {
             deadline,
         };
         self.drive_write(position, write)
+    }
+
+    fn start_checkpoint(&mut self, position: usize) -> ClientState {
+        let any = CheckpointName(self.client_rng.below(u64::from(CHECKPOINT_NAMES)) as u8);
+        let seen = self.clients[position].seen_checkpoints;
+        // Rollbacks and deletes mostly name a checkpoint the client saw.
+        let target = if seen != 0 && self.client_rng.chance(700) {
+            let names: Vec<u8> = (0..CHECKPOINT_NAMES).filter(|name| seen & (1 << name) != 0).collect();
+            self.client_rng.pick(&names).map_or(any, CheckpointName)
+        } else {
+            any
+        };
+        // A client that saw no checkpoint yet mostly creates one.
+        let creates = if seen == 0 { 6 } else { 4 };
+        let roll = self.client_rng.below(10);
+        let op = if roll < creates {
+            ClientOp::CreateCheckpoint(any)
+        } else if roll < 8 {
+            ClientOp::Rollback(target)
+        } else {
+            ClientOp::DeleteCheckpoint(target)
+        };
+        let client = self.clients[position].id;
+        // A checkpoint operation acts on every key; its record names key 0,
+        // which every scenario has.
+        let record = self.history.invoke(client, 0, op, self.now);
+        self.trace.event(self.now, || format!("client {client}: {op}"));
+        let state = CheckpointOpState {
+            record,
+            op,
+            attempt: None,
+            abandoned: false,
+            next_try_at: self.now,
+            deadline: self.now + self.scenario.op_timeout_steps,
+        };
+        self.drive_checkpoint(position, state)
+    }
+
+    fn drive_checkpoint(&mut self, position: usize, mut op: CheckpointOpState) -> ClientState {
+        if let (Some(attempt), false) = (op.attempt, op.abandoned) {
+            let timed_out = self.now >= attempt.started + self.scenario.attempt_timeout_steps;
+            if timed_out || !self.attempt_alive(attempt.node, attempt.incarnation) {
+                // It may still commit, and nothing would deduplicate a
+                // retry: wait for its index to be applied anywhere.
+                op.abandoned = true;
+                self.clients[position].leader_hint = NodeId::NONE;
+            }
+        }
+        // An operation whose entry may still commit is waited for longer
+        // (an administrator checks before giving up), but only while the
+        // faults go on, so the liveness phase still ends in time.
+        let patience = match op.attempt {
+            Some(attempt) if !self.clients_stopped => {
+                op.deadline.max(attempt.started + CHECKPOINT_PATIENCE * self.scenario.op_timeout_steps)
+            }
+            _ => op.deadline,
+        };
+        if self.now >= patience {
+            let outcome = if op.attempt.is_some() { OpOutcome::Indeterminate } else { OpOutcome::Failed };
+            return self.finish(position, op.record, outcome);
+        }
+        if op.attempt.is_none() && self.now >= op.next_try_at {
+            self.propose_checkpoint_attempt(position, &mut op);
+        }
+        ClientState::Checkpointing(op)
+    }
+
+    fn propose_checkpoint_attempt(&mut self, position: usize, op: &mut CheckpointOpState) {
+        let target = self.pick_node(position, true);
+        let Some(proposal) = checkpoint_op(op.op, self.now) else {
+            return;
+        };
+        let Some(node) = self.nodes.get_mut(&target) else {
+            op.next_try_at = self.now + 5;
+            return;
+        };
+        let incarnation = node.incarnation;
+        let Some(engine) = node.engine.as_mut() else {
+            op.next_try_at = self.now + 5;
+            return;
+        };
+        match engine.propose_checkpoint(proposal) {
+            Ok((term, index)) => {
+                op.attempt = Some(WriteAttempt { node: target, incarnation, term, index, started: self.now });
+                self.clients[position].leader_hint = target;
+            }
+            Err(ProposeError::NotLeader { leader }) => {
+                self.clients[position].leader_hint = leader;
+                op.next_try_at =
+                    self.now + if leader == NodeId::NONE { self.client_rng.between(3, 10) } else { 1 };
+            }
+            Err(_) => op.next_try_at = self.now + self.client_rng.between(3, 10),
+        }
     }
 
     /// Whether the node that accepted an attempt still runs the same incarnation.
@@ -314,6 +472,7 @@ impl World {
                 NodeEvent::Applied { node, incarnation, index, term, request, result } => {
                     self.on_applied(node, incarnation, index, term, request, result)?;
                 }
+                NodeEvent::AppliedOther { index, term } => self.on_other_applied(index, term),
                 NodeEvent::ReadServed { read, value } => self.on_read_served(read, value),
                 NodeEvent::ReadFailed { read } => self.on_read_failed(read),
             }
@@ -331,6 +490,10 @@ impl World {
         result: CommandResult,
     ) -> Result<(), Violation> {
         for position in 0..self.clients.len() {
+            if let ClientState::Checkpointing(op) = self.clients[position].state {
+                self.on_checkpoint_applied(position, op, (node, incarnation, index, term), result)?;
+                continue;
+            }
             let ClientState::Writing(mut op) = self.clients[position].state else {
                 continue;
             };
@@ -367,6 +530,76 @@ impl World {
             self.acknowledged.push(AcknowledgedWrite { request: op.request, index });
             self.clients[position].state = self.finish(position, op.record, outcome);
         }
+        Ok(())
+    }
+
+    /// A blank or membership entry took `index` in `term`: a checkpoint
+    /// attempt at that index in another term is lost and may be proposed
+    /// again. (Writes learn this only from their own node's command
+    /// entries, and retry with their request id anyway.)
+    fn on_other_applied(&mut self, index: LogIndex, term: Term) {
+        for client in &mut self.clients {
+            let ClientState::Checkpointing(op) = &mut client.state else {
+                continue;
+            };
+            if op.attempt.is_some_and(|attempt| attempt.index == index && attempt.term != term) {
+                op.attempt = None;
+                op.abandoned = false;
+                op.next_try_at = self.now;
+            }
+        }
+    }
+
+    /// The outcome of client `position`'s checkpoint operation, if the
+    /// entry applied at `at` (node, incarnation, index, term) answers it.
+    fn on_checkpoint_applied(
+        &mut self,
+        position: usize,
+        mut op: CheckpointOpState,
+        at: (NodeId, u64, LogIndex, Term),
+        result: CommandResult,
+    ) -> Result<(), Violation> {
+        let (node, _incarnation, index, term) = at;
+        let Some(attempt) = op.attempt else {
+            return Ok(());
+        };
+        // Any node's applied entry at the attempt's index is the committed
+        // one: the attempt's own entry if the terms match (Log Matching).
+        if attempt.index != index {
+            return Ok(());
+        }
+        if attempt.term != term {
+            // Another leader's entry won this index: the attempt is lost for
+            // good, so proposing again cannot apply the operation twice.
+            op.attempt = None;
+            op.abandoned = false;
+            op.next_try_at = self.now;
+            self.clients[position].state = ClientState::Checkpointing(op);
+            return Ok(());
+        }
+        let CommandResult::Checkpoint(outcome) = result else {
+            return Err(Violation {
+                step: self.now,
+                property: Property::StateMachineSafety,
+                details: format!(
+                    "entry {index} of term {term} on node {node} should be the checkpoint operation {} but \
+                     answered {result:?}",
+                    op.op
+                ),
+            });
+        };
+        let exists = match (op.op, outcome) {
+            (ClientOp::DeleteCheckpoint(_), _) | (_, CheckpointOutcome::NotFound) => Some(false),
+            (_, CheckpointOutcome::Done | CheckpointOutcome::AlreadyExists) => Some(true),
+            _ => None,
+        };
+        if let (Some(exists), Some(name)) = (exists, op.op.checkpoint_name()) {
+            let bit = 1 << name.0;
+            let client = &mut self.clients[position];
+            client.seen_checkpoints =
+                if exists { client.seen_checkpoints | bit } else { client.seen_checkpoints & !bit };
+        }
+        self.clients[position].state = self.finish(position, op.record, OpOutcome::Checkpoint(outcome));
         Ok(())
     }
 

@@ -29,10 +29,12 @@ pub struct OperationRecord {
 impl fmt::Display for OperationRecord {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let complete = self.complete_step.map_or_else(|| "?".to_string(), |s| s.to_string());
+        // A checkpoint operation acts on every key.
+        let key = if self.op.is_checkpoint() { "*".to_string() } else { self.key.to_string() };
         write!(
             f,
-            "client {} key {} {:?} [{}..{}] -> {:?}",
-            self.client, self.key, self.op, self.invoke_step, complete, self.outcome
+            "client {} key {key} {:?} [{}..{}] -> {:?}",
+            self.client, self.op, self.invoke_step, complete, self.outcome
         )
     }
 }
@@ -75,6 +77,22 @@ impl History {
     /// The records.
     pub fn records(&self) -> &[OperationRecord] {
         &self.records
+    }
+
+    /// Number of checkpoint operations (create, rollback, delete), and of
+    /// rollbacks that reported success.
+    pub fn checkpoint_counts(&self) -> (usize, usize) {
+        let checkpoints = self.records.iter().filter(|r| r.op.is_checkpoint()).count();
+        let rollbacks = self
+            .records
+            .iter()
+            .filter(|r| {
+                matches!(r.op, ClientOp::Rollback(_))
+                    && r.outcome
+                        == OpOutcome::Checkpoint(crate::testing::linearizability::CheckpointOutcome::Done)
+            })
+            .count();
+        (checkpoints, rollbacks)
     }
 
     /// Number of operations with a definite outcome.

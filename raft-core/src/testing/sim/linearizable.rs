@@ -1,10 +1,13 @@
 //! Hands the client history to the linearizability checker: every key is a
-//! register, writes that timed out may have taken effect at any time after
-//! they were sent, reads that failed took no effect.
+//! register, writes and checkpoint operations that timed out may have taken
+//! effect at any time after they were sent, reads that failed took no
+//! effect. Checkpoint operations act on every key, with the state machine's
+//! bound on retained checkpoints.
 
 use super::history::{History, OperationRecord};
+use super::kv::MAX_CHECKPOINTS;
 use super::{Property, Violation};
-use crate::testing::linearizability::{self, Operation, Verdict};
+use crate::testing::linearizability::{self, Model, Operation, SearchBudget, Verdict};
 
 fn to_operation(record: &OperationRecord) -> Operation {
     Operation {
@@ -21,7 +24,8 @@ fn to_operation(record: &OperationRecord) -> Operation {
 pub fn check_history(history: &History, now: u64) -> Result<(), Violation> {
     let operations: Vec<Operation> = history.records().iter().map(to_operation).collect();
     let fail = |details: String| Violation { step: now, property: Property::Linearizability, details };
-    match linearizability::check(&operations, None) {
+    let model = Model { initial: None, max_checkpoints: MAX_CHECKPOINTS };
+    match linearizability::check_with_model(&operations, model, SearchBudget::default()) {
         Ok(Verdict::Linearizable) => Ok(()),
         Ok(verdict @ Verdict::NotLinearizable { .. }) => Err(fail(verdict.to_string())),
         Ok(verdict) => Err(fail(format!("the checker could not decide: {verdict}"))),

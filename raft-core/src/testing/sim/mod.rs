@@ -4,8 +4,9 @@
 //! duplication, delay and reordering, symmetric and one-way partitions, an
 //! isolated leader), simulated disks (writes are buffered until a sync; a
 //! crash loses what was not synced), a replicated key-value state machine
-//! with client deduplication, and clients that read, write, compare-and-set
-//! and delete. A fault schedule crashes and restarts nodes, changes the
+//! with client deduplication and the runtime's replicated checkpoints, and
+//! clients that read, write, compare-and-set and delete, and now and then
+//! create a checkpoint, roll back to one or delete one. A fault schedule crashes and restarts nodes, changes the
 //! membership (learners, promotion, joint consensus, removal of the leader)
 //! and transfers leadership, while the nodes snapshot and compact their logs
 //! and stream snapshots to each other in small chunks.
@@ -67,6 +68,8 @@ pub struct SimOptions {
     pub seed: u64,
     /// Protocol bugs to switch on in every engine.
     pub bugs: InjectedBugs,
+    /// Mistakes for every node's state machine to make with checkpoints.
+    pub kv_bugs: kv::KvBugs,
     /// How much of the trace to print.
     pub verbosity: Verbosity,
     /// Steps of the fault phase.
@@ -88,6 +91,7 @@ impl SimOptions {
         SimOptions {
             seed,
             bugs: InjectedBugs::default(),
+            kv_bugs: kv::KvBugs::default(),
             verbosity: Verbosity::Quiet,
             fault_steps: DEFAULT_FAULT_STEPS,
             liveness_steps: DEFAULT_LIVENESS_STEPS,
@@ -172,6 +176,10 @@ pub struct SimReport {
     pub operations: usize,
     /// Operations with a definite outcome.
     pub definite_operations: usize,
+    /// Checkpoint operations (create, rollback, delete) among them all.
+    pub checkpoint_operations: usize,
+    /// Rollbacks that a client saw succeed.
+    pub rollbacks: usize,
     /// Terms that had a leader.
     pub terms_with_leader: usize,
     /// Messages sent.
@@ -236,8 +244,26 @@ pub fn injected_bug(name: &str) -> Option<InjectedBugs> {
     Some(bugs)
 }
 
-/// Runs seeds `start..start + max_seeds` with `bugs` switched on until one
-/// reports a violation; returns how many seeds that took and the violation.
+/// The mistakes with checkpoints the simulated state machine can be told to
+/// make, by name, as the CLI and the tests name them: a rollback that
+/// reports success but keeps the keys (every replica alike, so only the
+/// client history can tell), and snapshots that leave the checkpoints out.
+pub const KV_BUG_NAMES: [&str; 2] = ["rollback_keeps_data", "snapshot_drops_checkpoints"];
+
+/// The state machine's mistakes called `name` (one of [`KV_BUG_NAMES`]).
+pub fn kv_bug(name: &str) -> Option<kv::KvBugs> {
+    let mut bugs = kv::KvBugs::default();
+    match name {
+        "rollback_keeps_data" => bugs.rollback_keeps_data = true,
+        "snapshot_drops_checkpoints" => bugs.snapshot_drops_checkpoints = true,
+        _ => return None,
+    }
+    Some(bugs)
+}
+
+/// Runs seeds `start..start + max_seeds` with `bugs` switched on (and the
+/// template's state machine bugs) until one reports a violation; returns
+/// how many seeds that took and the violation.
 pub fn hunt(
     template: &SimOptions,
     bugs: InjectedBugs,

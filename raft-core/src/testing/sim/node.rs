@@ -4,9 +4,9 @@
 
 use std::collections::BTreeMap;
 
-use super::checker::SafetyChecker;
+use super::checker::{SafetyChecker, StateDigest};
 use super::disk::{PendingWrite, SimDisk};
-use super::kv::{CommandResult, KvStore};
+use super::kv::{CommandResult, KvBugs, KvStore};
 use super::network::Network;
 use super::rng::SimRng;
 use super::trace::Trace;
@@ -28,7 +28,7 @@ pub enum Lifecycle {
 /// Something a node did that clients care about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NodeEvent {
-    /// The node applied a command entry.
+    /// The node applied a command or checkpoint entry.
     Applied {
         /// The node.
         node: NodeId,
@@ -38,10 +38,18 @@ pub enum NodeEvent {
         index: LogIndex,
         /// The entry's term.
         term: Term,
-        /// The request the entry carried.
+        /// The request the entry carried (none for a checkpoint entry).
         request: Option<ClientRequestId>,
         /// What the state machine returned.
         result: CommandResult,
+    },
+    /// The node applied a blank or membership entry (which answers no
+    /// client): an attempt at this index in another term is lost.
+    AppliedOther {
+        /// The entry's index.
+        index: LogIndex,
+        /// The entry's term.
+        term: Term,
     },
     /// A read was served with this value.
     ReadServed {
@@ -100,6 +108,8 @@ pub struct SimNode {
     pub snapshots_installed: u64,
     /// Reads this node served while not leader (follower reads).
     pub follower_reads: u64,
+    /// The mistakes its state machine is told to make (see [`KvBugs`]).
+    kv_bugs: KvBugs,
     waiting_reads: Vec<ReadState>,
     read_keys: BTreeMap<ReadId, u64>,
     last_snapshot_index: LogIndex,
@@ -121,13 +131,14 @@ impl SimNode {
         now: u64,
         tick_phase: u64,
         snapshot_every_entries: u64,
+        kv_bugs: KvBugs,
     ) -> Self {
         SimNode {
             id: engine.id(),
             incarnation: 0,
             engine: Some(engine),
             disk: SimDisk::default(),
-            kv: KvStore::default(),
+            kv: KvStore::new(kv_bugs),
             lifecycle,
             restart_at: None,
             started_at: now,
@@ -135,6 +146,7 @@ impl SimNode {
             snapshots_taken: 0,
             snapshots_installed: 0,
             follower_reads: 0,
+            kv_bugs,
             waiting_reads: Vec::new(),
             read_keys: BTreeMap::new(),
             last_snapshot_index: LogIndex(0),
@@ -252,16 +264,22 @@ impl SimNode {
                 });
             }
             let result = self.kv.apply(entry);
-            context.checker.check_applied(self.id, entry, self.kv.digest())?;
-            if let (Some(result), EntryPayload::Command { client, .. }) = (result, &entry.payload) {
+            context.checker.check_applied(self.id, entry, StateDigest::of(&self.kv))?;
+            if let Some(result) = result {
+                let request = match &entry.payload {
+                    EntryPayload::Command { client, .. } => *client,
+                    _ => None,
+                };
                 context.events.push(NodeEvent::Applied {
                     node: self.id,
                     incarnation: self.incarnation,
                     index: entry.index,
                     term: entry.term,
-                    request: *client,
+                    request,
                     result,
                 });
+            } else {
+                context.events.push(NodeEvent::AppliedOther { index: entry.index, term: entry.term });
             }
         }
         if let Some(last) = ready.committed_entries.last() {
@@ -354,8 +372,9 @@ impl SimNode {
                 )));
             }
             self.kv = KvStore::decode_snapshot(data)
-                .map_err(|e| storage_error(format!("node {}: {e}", self.id)))?;
-            context.checker.check_restored(self.id, meta.last_index, self.kv.digest())?;
+                .map_err(|e| storage_error(format!("node {}: {e}", self.id)))?
+                .with_bugs(self.kv_bugs);
+            context.checker.check_restored(self.id, meta.last_index, StateDigest::of(&self.kv))?;
             engine.applied(meta.last_index);
             self.last_snapshot_index = meta.last_index;
             self.snapshots_installed += 1;
@@ -382,7 +401,7 @@ impl SimNode {
             details: format!("node {}: {details}", self.id),
         })?;
         self.engine = None;
-        self.kv = KvStore::default();
+        self.kv = KvStore::new(self.kv_bugs);
         self.waiting_reads.clear();
         checker.node_stopped(self.id);
         checker.check_durable(self.id, &self.disk)?;
@@ -405,11 +424,12 @@ impl SimNode {
         self.kv = match self.disk.snapshot() {
             Some((meta, data)) => {
                 let kv = KvStore::decode_snapshot(data)
-                    .map_err(|e| fail(Property::StorageContract, format!("node {}: {e}", self.id)))?;
-                checker.check_restored(self.id, meta.last_index, kv.digest())?;
+                    .map_err(|e| fail(Property::StorageContract, format!("node {}: {e}", self.id)))?
+                    .with_bugs(self.kv_bugs);
+                checker.check_restored(self.id, meta.last_index, StateDigest::of(&kv))?;
                 kv
             }
-            None => KvStore::default(),
+            None => KvStore::new(self.kv_bugs),
         };
         self.last_snapshot_index = self.kv.applied_index();
         self.incarnation += 1;

@@ -51,6 +51,9 @@ pub struct Scenario {
     pub attempt_timeout_steps: u64,
     /// Chance that a read uses a lease (when leases are on).
     pub lease_read_per_mille: u64,
+    /// Chance that a client's next operation is a checkpoint create,
+    /// rollback or delete instead of a read or a write.
+    pub checkpoint_per_mille: u64,
     /// The engine settings shared by every node.
     pub engine: Config,
 }
@@ -82,6 +85,7 @@ impl Scenario {
             op_timeout_steps: election_timeout_steps * 12,
             attempt_timeout_steps: election_timeout_steps * 3,
             lease_read_per_mille: if engine.lease_reads { 500 } else { 0 },
+            checkpoint_per_mille: rng.between(30, 100),
             engine,
         }
     }

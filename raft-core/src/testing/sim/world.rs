@@ -142,7 +142,8 @@ impl World {
     /// Adds a node running `engine`.
     pub(super) fn add_node(&mut self, engine: Engine, lifecycle: Lifecycle) {
         let phase = self.fault_rng.below(self.scenario.steps_per_tick);
-        let mut node = SimNode::new(engine, lifecycle, self.now, phase, self.scenario.snapshot_every_entries);
+        let every = self.scenario.snapshot_every_entries;
+        let mut node = SimNode::new(engine, lifecycle, self.now, phase, every, self.options.kv_bugs);
         node.inject_bugs(self.options.bugs);
         if let Some(engine) = node.engine.as_ref() {
             self.checker.node_started(engine);
@@ -187,6 +188,8 @@ impl World {
             trace_hash: self.trace.hash(),
             operations: self.history.records().len(),
             definite_operations: self.history.definite_count(),
+            checkpoint_operations: self.history.checkpoint_counts().0,
+            rollbacks: self.history.checkpoint_counts().1,
             terms_with_leader: self.checker.terms_with_leader(),
             messages_sent: network.sent,
             messages_lost: network.dropped + network.blocked,

@@ -12,7 +12,7 @@ use raft_core::message::{
 };
 use raft_core::protocol::{Config, MembershipChange, PersistId, ReadState, Ready, SnapshotRead};
 use raft_core::testing::cluster::{Cluster, RecordingStateMachine};
-use raft_core::types::{ClientRequestId, ReadId, ReadMode, Role};
+use raft_core::types::{CheckpointOp, ClientRequestId, ReadId, ReadMode, Role};
 use raft_core::{Engine, Entry, EntryPayload, LogIndex, Membership, Message, NodeId, SnapshotMeta, Term};
 
 use super::datadriven::{parse_list, parse_u64, Command};
@@ -109,6 +109,18 @@ impl Env {
                 let mode = parse_mode(cmd.take("mode").as_deref())?;
                 let result = self.engine_mut(id)?.read_index(read, mode);
                 out.push_str(&result_line(result.map(|()| String::new())));
+            }
+            "propose-checkpoint" => {
+                let id = node_arg(cmd, 0)?;
+                let name = cmd.arg(2)?;
+                let op = match cmd.arg(1)?.as_str() {
+                    "create" => CheckpointOp::Create { name, created_unix_ms: 0 },
+                    "rollback" => CheckpointOp::Rollback { name },
+                    "delete" => CheckpointOp::Delete { name },
+                    other => return Err(format!("unknown checkpoint operation {other}")),
+                };
+                let result = self.engine_mut(id)?.propose_checkpoint(op);
+                out.push_str(&result_line(result.map(|(t, i)| format!("{t}/{i}"))));
             }
             "propose-conf-change" => self.propose_conf_change(cmd, out)?,
             "transfer-leader" => {
@@ -777,6 +789,22 @@ impl Env {
                 node.state_machine.applied_index,
                 commands.join(" ")
             );
+            let machine = &node.state_machine;
+            if !machine.checkpoints.is_empty() || !machine.checkpoint_log.is_empty() {
+                let retained: Vec<String> = machine
+                    .checkpoints
+                    .iter()
+                    .map(|(name, (index, commands))| {
+                        let commands: Vec<String> =
+                            commands.iter().map(|c| String::from_utf8_lossy(c).into_owned()).collect();
+                        format!("{name}@{index}=[{}]", commands.join(" "))
+                    })
+                    .collect();
+                let _ = writeln!(out, "   checkpoints: {}", retained.join(" "));
+                for line in &machine.checkpoint_log {
+                    let _ = writeln!(out, "   applied {line}");
+                }
+            }
             if !node.reads.is_empty() {
                 let reads: Vec<String> = node.reads.iter().map(|r| format!("{}@{}", r.id, r.index)).collect();
                 let _ = writeln!(out, "   served reads: {}", reads.join(" "));

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use raft_core::message::MessageBody;
 use raft_core::protocol::{EngineStats, Ready, Status};
-use raft_core::types::{ReadMode, Role};
+use raft_core::types::{CheckpointOp, ReadMode, Role};
 use raft_core::{Entry, EntryPayload, Message};
 
 /// Longer AppendEntries batches are abbreviated to their ends.
@@ -23,6 +23,15 @@ pub fn entry(e: &Entry) -> String {
             s
         }
         EntryPayload::Membership(m) => format!("{position} Membership {m}"),
+        EntryPayload::Checkpoint(op) => {
+            let kind = match op {
+                CheckpointOp::Create { .. } => "create",
+                CheckpointOp::Rollback { .. } => "rollback",
+                CheckpointOp::Delete { .. } => "delete",
+                _ => "?",
+            };
+            format!("{position} Checkpoint {kind} {:?}", op.name())
+        }
         other => format!("{position} {other:?}"),
     }
 }

@@ -9,7 +9,9 @@ use raft_core::types::{NodeId, SnapshotMeta};
 
 use super::{digest, machine, restore_from, run, snapshot_bytes, snapshot_chunks, TestReader};
 use crate::kv::snapshot::{CHUNK_BYTES, FORMAT_VERSION, MAGIC};
-use crate::kv::{KvCommand, KvLimits, KvOutcome, KvStateMachine, NodeAddresses, Precondition};
+use crate::kv::{
+    KvAnswer, KvCommand, KvLimits, KvOutcome, KvStateMachine, KvView, NodeAddresses, Precondition,
+};
 
 fn put(key: &str, value: Bytes) -> KvCommand {
     KvCommand::Put { key: key.to_string(), value, precondition: Precondition::Always }
@@ -381,4 +383,63 @@ async fn a_failing_reader_is_a_storage_error_and_leaves_the_state_intact() {
     let outcome = target.restore(&mut reader).await;
     assert!(matches!(outcome, Err(StateMachineError::Storage(_))), "{outcome:?}");
     assert!(target.state == before, "the state changed");
+}
+
+/// A rollback puts back the checkpoint's keys and keeps the directory, the
+/// deduplication table and the applied index of the current state; a
+/// snapshot install of the same bytes replaces everything.
+#[tokio::test]
+async fn a_rollback_restores_the_keys_and_keeps_the_directory_and_the_dedup_table() {
+    let (mut machine, view) = machine();
+    run(&mut machine, Some((1, 1)), &put("kept", Bytes::from_static(b"checkpointed"))).await;
+    run(&mut machine, None, &set_node(1)).await;
+    run(&mut machine, None, &set_node(3)).await;
+    let checkpoint_index = machine.applied_index();
+    let checkpoint = snapshot_bytes(&mut machine).await;
+    let at_checkpoint = digest(&mut machine).await;
+
+    // After the checkpoint: keys change, node 4 joins, node 3 leaves, and
+    // client 1's second request applies.
+    run(&mut machine, None, &put("kept", Bytes::from_static(b"changed"))).await;
+    let later_write = put("later", Bytes::from_static(b"x"));
+    let first = run(&mut machine, Some((1, 2)), &later_write).await;
+    run(&mut machine, None, &set_node(4)).await;
+    run(&mut machine, None, &KvCommand::RemoveNode { id: NodeId(3) }).await;
+    let before_rollback = machine.state.clone();
+    let directory = view.directory();
+
+    let mut reader = TestReader::new(checkpoint_index, checkpoint.clone());
+    machine.restore_checkpoint(&mut reader).await.expect("the checkpoint restores");
+    // The keys are the checkpoint's; the applied index stays where it was.
+    let (
+        KvAnswer::Digest { keys, hash, .. },
+        KvAnswer::Digest { applied_index, keys: now_keys, hash: now_hash },
+    ) = (at_checkpoint, digest(&mut machine).await)
+    else {
+        panic!("a digest query answered something else");
+    };
+    assert_eq!((now_keys, now_hash), (keys, hash));
+    assert_eq!(applied_index, before_rollback.applied_index);
+    assert_eq!(machine.state.directory, before_rollback.directory, "the directory is not rolled back");
+    assert_eq!(machine.state.dedup, before_rollback.dedup, "the dedup table is not rolled back");
+    assert!(!directory.has_changed().unwrap(), "nothing new to publish");
+    // A retry of the request applied after the checkpoint gets its first
+    // answer and is not applied again: the rollback undid it.
+    let retried = run(&mut machine, Some((1, 2)), &later_write).await;
+    assert_eq!(retried, first);
+    assert!(!machine.state.data.contains_key(&b"later"[..]));
+
+    // Installing the same bytes as a snapshot replaces the whole state.
+    let (mut installed, _view) = machine_at_random_state().await;
+    restore_from(&mut installed, checkpoint_index, checkpoint).await.expect("the snapshot restores");
+    assert_eq!(installed.state.directory.keys().copied().collect::<Vec<_>>(), [NodeId(1), NodeId(3)]);
+    assert_eq!(installed.state.applied_index, checkpoint_index);
+}
+
+/// A machine with some unrelated state, to be replaced by a restore.
+async fn machine_at_random_state() -> (KvStateMachine, KvView) {
+    let (mut machine, view) = machine();
+    run(&mut machine, Some((9, 1)), &put("other", Bytes::from_static(b"y"))).await;
+    run(&mut machine, None, &set_node(7)).await;
+    (machine, view)
 }
