@@ -344,6 +344,13 @@ impl Checkpoints {
         Ok((Ok(()), Some(done)))
     }
 
+    /// The catalog's decision on a Rollback or Delete of `op`'s name (the
+    /// count bound concerns only creates).
+    fn decide_on_existing(&self, op: &CheckpointOp, index: LogIndex) -> Result<Decision, CheckpointError> {
+        let created_at = self.catalog.meta(op.name()).map(|existing| existing.snapshot.last_index);
+        decide(op, index, created_at, self.catalog.count(), usize::MAX)
+    }
+
     /// Applies a Rollback (before the entry is passed to the state
     /// machine): restores the checkpoint's state through
     /// [`StateMachine::restore_checkpoint`]. An unknown name fails the
@@ -356,8 +363,7 @@ impl Checkpoints {
         index: LogIndex,
     ) -> Result<OpOutcome, StateMachineError> {
         let name = op.name();
-        let created_at = self.catalog.meta(name).map(|existing| existing.snapshot.last_index);
-        if let Err(error) = decide(op, index, created_at, self.catalog.count(), usize::MAX) {
+        if let Err(error) = self.decide_on_existing(op, index) {
             return Ok(Err(error));
         }
         if let Err(error) = self.catalog.settled(name).await {
@@ -380,8 +386,7 @@ impl Checkpoints {
         index: LogIndex,
     ) -> Result<OpOutcome, StateMachineError> {
         let name = op.name();
-        let created_at = self.catalog.meta(name).map(|existing| existing.snapshot.last_index);
-        if let Err(error) = decide(op, index, created_at, self.catalog.count(), usize::MAX) {
+        if let Err(error) = self.decide_on_existing(op, index) {
             return Ok(Err(error));
         }
         // Wait for a write in progress, so it does not land after the delete.

@@ -331,30 +331,42 @@ impl World {
     }
 
     fn propose_checkpoint_attempt(&mut self, position: usize, op: &mut CheckpointOpState) {
-        let target = self.pick_node(position, true);
+        // A checkpoint operation state only ever holds a checkpoint op.
         let Some(proposal) = checkpoint_op(op.op, self.now) else {
             return;
         };
+        match self.propose_through_leader(position, |engine| engine.propose_checkpoint(proposal)) {
+            Ok(attempt) => op.attempt = Some(attempt),
+            Err(retry_at) => op.next_try_at = retry_at,
+        }
+    }
+
+    /// Proposes through the client's likely leader (or a random running
+    /// node). Returns the accepted attempt, or the step to try again at,
+    /// having updated the client's leader hint either way.
+    fn propose_through_leader(
+        &mut self,
+        position: usize,
+        propose: impl FnOnce(&mut crate::protocol::Engine) -> Result<(Term, LogIndex), ProposeError>,
+    ) -> Result<WriteAttempt, u64> {
+        let target = self.pick_node(position, true);
         let Some(node) = self.nodes.get_mut(&target) else {
-            op.next_try_at = self.now + 5;
-            return;
+            return Err(self.now + 5);
         };
         let incarnation = node.incarnation;
         let Some(engine) = node.engine.as_mut() else {
-            op.next_try_at = self.now + 5;
-            return;
+            return Err(self.now + 5);
         };
-        match engine.propose_checkpoint(proposal) {
+        match propose(engine) {
             Ok((term, index)) => {
-                op.attempt = Some(WriteAttempt { node: target, incarnation, term, index, started: self.now });
                 self.clients[position].leader_hint = target;
+                Ok(WriteAttempt { node: target, incarnation, term, index, started: self.now })
             }
             Err(ProposeError::NotLeader { leader }) => {
                 self.clients[position].leader_hint = leader;
-                op.next_try_at =
-                    self.now + if leader == NodeId::NONE { self.client_rng.between(3, 10) } else { 1 };
+                Err(self.now + if leader == NodeId::NONE { self.client_rng.between(3, 10) } else { 1 })
             }
-            Err(_) => op.next_try_at = self.now + self.client_rng.between(3, 10),
+            Err(_) => Err(self.now + self.client_rng.between(3, 10)),
         }
     }
 
@@ -385,28 +397,14 @@ impl World {
     }
 
     fn propose_attempt(&mut self, position: usize, op: &mut WriteOp) {
-        let target = self.pick_node(position, true);
-        let Some(node) = self.nodes.get_mut(&target) else {
-            op.next_try_at = self.now + 5;
-            return;
-        };
-        let incarnation = node.incarnation;
-        let Some(engine) = node.engine.as_mut() else {
-            op.next_try_at = self.now + 5;
-            return;
-        };
-        match engine.propose(op.command.encode(), Some(op.request)) {
-            Ok((term, index)) => {
+        let command = op.command.encode();
+        let request = Some(op.request);
+        match self.propose_through_leader(position, |engine| engine.propose(command, request)) {
+            Ok(attempt) => {
                 op.unresolved_attempts += 1;
-                op.attempt = Some(WriteAttempt { node: target, incarnation, term, index, started: self.now });
-                self.clients[position].leader_hint = target;
+                op.attempt = Some(attempt);
             }
-            Err(ProposeError::NotLeader { leader }) => {
-                self.clients[position].leader_hint = leader;
-                op.next_try_at =
-                    self.now + if leader == NodeId::NONE { self.client_rng.between(3, 10) } else { 1 };
-            }
-            Err(_) => op.next_try_at = self.now + self.client_rng.between(3, 10),
+            Err(retry_at) => op.next_try_at = retry_at,
         }
     }
 
