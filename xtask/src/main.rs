@@ -62,11 +62,14 @@ tasks:
         distribution and ratios to etcd, and write it with SVG plots into the report directory
   bench runtime [arguments of raft-core's runtime bench]
         the raft-core runtime benchmark (3 runtimes in one process, in-memory stores)
-  figure16 [--trials 1000] [--variant both|engine|paper] [--tick-us 100] [--out target/figure16]
-        [--request-delay-us 4500-8500] [--answer-delay-us 4500-8500]
+  figure16 [--trials 1000] [--variant both|engine|paper] [--model disk|network] [--tick-us 100]
+        [--lan-delay-us 100-500] [--disk-us 11000-15000] [--out target/figure16]
+        [--request-delay-us A-B] [--answer-delay-us A-B]
         simulate the Raft paper's Figure 16 (5 servers, leader crashed, time until a new leader)
-        with raft-core's engine; print the table and write SVG CDFs. The delay options split the
-        broadcast time differently between requests and answers (sensitivity checks only)";
+        with raft-core's engine; print the table and write SVG CDFs. `disk`: a LAN and a synced
+        write before every answer that needs one; `network`: 4.5-8.5 ms one-way delays and
+        instant disks. The delay options split the broadcast time differently between requests
+        and answers (sensitivity checks only)";
 
 fn main() -> ExitCode {
     let mut arguments = std::env::args().skip(1);
