@@ -18,9 +18,7 @@ use raft_transport_quic::certs::{CaFiles, CertificateError, ClusterCa, NodeFiles
 use raft_transport_quic::ClusterId;
 use reqwest::StatusCode;
 
-use crate::api::{
-    AddMemberRequest, CheckpointList, ClusterStatus, Consistency, MembershipResult, WriteResult,
-};
+use crate::api::{AddMemberRequest, CheckpointList, ClusterStatus, Consistency, MembershipResult};
 use crate::client::{Client, ClientError, ClientOptions, WriteOptions, DEFAULT_ENDPOINT};
 use crate::config::{ConfigError, RunArgs};
 use crate::node::NodeError;
@@ -629,11 +627,7 @@ pub async fn run_client_command(command: Command) -> Result<(), CliError> {
         Command::List(args) => list(args).await,
         Command::Status(args) => {
             let status = client(&args.connection)?.cluster().await?;
-            if args.json {
-                print_json(&status)
-            } else {
-                print(&format_status(&status))
-            }
+            print_answer(&status, args.json, format_status)
         }
         Command::Members(MembersCommand::Add(args)) => {
             let request = AddMemberRequest {
@@ -656,19 +650,15 @@ pub async fn run_client_command(command: Command) -> Result<(), CliError> {
         }
         Command::TransferLeader(args) => {
             let result = client(&args.connection)?.transfer_leader(args.id).await?;
-            if args.json {
-                print_json(&result)
-            } else {
-                print(&format!("leadership handed to node {}\n", result.target))
-            }
+            print_answer(&result, args.json, |result| {
+                format!("leadership handed to node {}\n", result.target)
+            })
         }
         Command::Snapshot(args) => {
             let result = client(&args.connection)?.snapshot().await?;
-            if args.json {
-                print_json(&result)
-            } else {
-                print(&format!("snapshot taken at index {} (term {})\n", result.index, result.term))
-            }
+            print_answer(&result, args.json, |result| {
+                format!("snapshot taken at index {} (term {})\n", result.index, result.term)
+            })
         }
         Command::Checkpoint(command) => checkpoint(command).await,
         Command::Run(_) | Command::Certs(_) => {
@@ -700,7 +690,7 @@ async fn put(args: PutArgs) -> Result<(), CliError> {
         idempotency_key: args.idempotency_key,
     };
     let result = client(&args.connection)?.put(&args.key, value, options).await?;
-    print_write(&result, &format!("version {} (term {})", result.index, result.term), args.json)
+    print_answer(&result, args.json, |result| format!("version {} (term {})\n", result.index, result.term))
 }
 
 async fn get(args: GetArgs) -> Result<(), CliError> {
@@ -724,7 +714,9 @@ async fn delete(args: DeleteArgs) -> Result<(), CliError> {
     let options =
         WriteOptions { if_match: args.if_match, if_none_match: false, idempotency_key: args.idempotency_key };
     let result = client(&args.connection)?.delete(&args.key, options).await?;
-    print_write(&result, &format!("deleted at index {} (term {})", result.index, result.term), args.json)
+    print_answer(&result, args.json, |result| {
+        format!("deleted at index {} (term {})\n", result.index, result.term)
+    })
 }
 
 async fn list(args: ListArgs) -> Result<(), CliError> {
@@ -748,40 +740,34 @@ async fn checkpoint(command: CheckpointCommand) -> Result<(), CliError> {
     match command {
         CheckpointCommand::Create(args) => {
             let created = client(&args.connection)?.create_checkpoint(&args.name).await?;
-            if args.json {
-                return print_json(&created);
-            }
-            print(&format!(
-                "checkpoint {} created at index {} (term {}): {} bytes, checksum {}\n",
-                created.name, created.index, created.term, created.size_bytes, created.checksum
-            ))
+            print_answer(&created, args.json, |created| {
+                format!(
+                    "checkpoint {} created at index {} (term {}): {} bytes, checksum {}\n",
+                    created.name, created.index, created.term, created.size_bytes, created.checksum
+                )
+            })
         }
         CheckpointCommand::List(args) => {
             let listing = client(&args.connection)?.checkpoints().await?;
-            if args.json {
-                return print_json(&listing);
-            }
-            print(&format_checkpoints(&listing))
+            print_answer(&listing, args.json, format_checkpoints)
         }
         CheckpointCommand::Rollback(args) => {
             let result = client(&args.connection)?.rollback(&args.name).await?;
-            if args.json {
-                return print_json(&result);
-            }
-            print(&format!(
-                "rolled back to checkpoint {} at index {} (term {}); later writes apply on top\n",
-                result.name, result.index, result.term
-            ))
+            print_answer(&result, args.json, |result| {
+                format!(
+                    "rolled back to checkpoint {} at index {} (term {}); later writes apply on top\n",
+                    result.name, result.index, result.term
+                )
+            })
         }
         CheckpointCommand::Delete(args) => {
             let result = client(&args.connection)?.delete_checkpoint(&args.name).await?;
-            if args.json {
-                return print_json(&result);
-            }
-            print(&format!(
-                "checkpoint {} deleted at index {} (term {})\n",
-                result.name, result.index, result.term
-            ))
+            print_answer(&result, args.json, |result| {
+                format!(
+                    "checkpoint {} deleted at index {} (term {})\n",
+                    result.name, result.index, result.term
+                )
+            })
         }
         CheckpointCommand::Export(args) => export_checkpoint(args).await,
     }
@@ -856,30 +842,35 @@ fn utc_time(unix_ms: u64) -> String {
     format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", time / 3600, time / 60 % 60, time % 60)
 }
 
-fn print_write(result: &WriteResult, summary: &str, json: bool) -> Result<(), CliError> {
+/// Prints a command's answer: as JSON with `--json`, otherwise the text
+/// `describe` makes of it.
+fn print_answer<T: serde::Serialize>(
+    answer: &T,
+    json: bool,
+    describe: impl FnOnce(&T) -> String,
+) -> Result<(), CliError> {
     if json {
-        print_json(result)
+        print_json(answer)
     } else {
-        print(&format!("{summary}\n"))
+        print(&describe(answer))
     }
 }
 
 fn print_membership(result: &MembershipResult, summary: &str, json: bool) -> Result<(), CliError> {
-    if json {
-        return print_json(result);
-    }
-    let members = &result.members;
-    let mut text = format!(
-        "{summary} (configuration entry {}, term {})\nvoters:   {}\nlearners: {}\n",
-        result.index,
-        result.term,
-        id_list(&members.voters),
-        id_list(&members.learners)
-    );
-    if members.joint {
-        text.push_str(&format!("joint with outgoing voters {}\n", id_list(&members.outgoing_voters)));
-    }
-    print(&text)
+    print_answer(result, json, |result| {
+        let members = &result.members;
+        let mut text = format!(
+            "{summary} (configuration entry {}, term {})\nvoters:   {}\nlearners: {}\n",
+            result.index,
+            result.term,
+            id_list(&members.voters),
+            id_list(&members.learners)
+        );
+        if members.joint {
+            text.push_str(&format!("joint with outgoing voters {}\n", id_list(&members.outgoing_voters)));
+        }
+        text
+    })
 }
 
 /// A human summary of `GET /v1/cluster`.
