@@ -29,14 +29,14 @@
 mod cluster;
 #[path = "bench_cluster/failover.rs"]
 mod failover;
+#[path = "bench_cluster/probes.rs"]
+mod probes;
 #[path = "bench_cluster/report.rs"]
 mod report;
 #[path = "../../raft-core/examples/support/svg.rs"]
 mod svg;
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -163,8 +163,15 @@ struct SystemResults {
 
 /// The machine's own figures, measured before the systems run.
 struct Machine {
+    /// One writer's synced 4 KiB write.
     fsync: Figures,
+    /// The same with three writers at once, as the three members of a
+    /// cluster on this one disk persist an entry.
+    fsync_three_writers: Figures,
+    /// TCP loopback round trip (the HTTP client's).
     rtt: Figures,
+    /// Round trip of an AppendEntries through raft-node's QUIC transport.
+    transport_rtt: Figures,
     load_average: String,
 }
 
@@ -189,9 +196,15 @@ async fn run(options: Options) -> Result<String, String> {
     }
     std::fs::create_dir_all(&options.work_dir).map_err(|e| format!("creating the work dir: {e}"))?;
     let load_before = load_average();
-    let fsync = fdatasync_latency(&options.work_dir.join("fsync-probe"))?;
-    let rtt = tcp_round_trip()?;
-    eprintln!("machine: fdatasync p50 {} µs, TCP loopback RTT p50 {} µs", fsync.p50_micros, rtt.p50_micros);
+    let fsync = probes::fdatasync_latency(&options.work_dir, 1)?;
+    let fsync_three_writers = probes::fdatasync_latency(&options.work_dir, 3)?;
+    let rtt = probes::tcp_round_trip()?;
+    let transport_rtt = probes::transport_round_trip().await?;
+    eprintln!(
+        "machine: fdatasync p50 {} µs (three writers at once {} µs), TCP loopback RTT p50 {} µs, \
+         QUIC transport RTT p50 {} µs",
+        fsync.p50_micros, fsync_three_writers.p50_micros, rtt.p50_micros, transport_rtt.p50_micros
+    );
 
     let mut raft = SystemResults::default();
     let mut etcd = (!options.skip_etcd).then(SystemResults::default);
@@ -207,8 +220,13 @@ async fn run(options: Options) -> Result<String, String> {
             etcd.failover = Some(measure_failover(&options, System::Etcd).await?);
         }
     }
-    let machine =
-        Machine { fsync, rtt, load_average: format!("{load_before} before, {} after", load_average()) };
+    let machine = Machine {
+        fsync,
+        fsync_three_writers,
+        rtt,
+        transport_rtt,
+        load_average: format!("{load_before} before, {} after", load_average()),
+    };
     let markdown = report::markdown(&options, &machine, &raft, etcd.as_ref());
     report::write(&options, &markdown, &raft, etcd.as_ref())?;
     Ok(markdown)
@@ -462,63 +480,6 @@ fn base64(bytes: &[u8]) -> String {
         }
     }
     out
-}
-
-/// p50 / p99 of a 4 KiB overwrite followed by fdatasync, 2,000 times.
-fn fdatasync_latency(path: &Path) -> Result<Figures, String> {
-    use std::os::unix::fs::FileExt;
-    let file = std::fs::File::create(path).map_err(|e| format!("fsync probe: {e}"))?;
-    let block = vec![7u8; 4096];
-    let mut latencies = Vec::new();
-    for round in 0..2_000u64 {
-        let started = Instant::now();
-        file.write_all_at(&block, (round % 16) * 4096).map_err(|e| format!("fsync probe: {e}"))?;
-        file.sync_data().map_err(|e| format!("fsync probe: {e}"))?;
-        latencies.push(started.elapsed().as_micros() as u32);
-    }
-    latencies.sort_unstable();
-    Ok(Figures {
-        operations: latencies.len() as u64,
-        p50_micros: percentile(&latencies, 0.5),
-        p99_micros: percentile(&latencies, 0.99),
-        ..Figures::default()
-    })
-}
-
-/// p50 / p99 of a 64-byte TCP ping-pong on loopback, 10,000 times.
-fn tcp_round_trip() -> Result<Figures, String> {
-    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-    let address = listener.local_addr().map_err(|e| e.to_string())?;
-    let echo = std::thread::spawn(move || {
-        if let Ok((mut stream, _)) = listener.accept() {
-            let _ = stream.set_nodelay(true);
-            let mut buffer = [0u8; 64];
-            while stream.read_exact(&mut buffer).is_ok() {
-                if stream.write_all(&buffer).is_err() {
-                    break;
-                }
-            }
-        }
-    });
-    let mut stream = TcpStream::connect(address).map_err(|e| e.to_string())?;
-    stream.set_nodelay(true).map_err(|e| e.to_string())?;
-    let mut buffer = [1u8; 64];
-    let mut latencies = Vec::new();
-    for _ in 0..10_000 {
-        let started = Instant::now();
-        stream.write_all(&buffer).map_err(|e| e.to_string())?;
-        stream.read_exact(&mut buffer).map_err(|e| e.to_string())?;
-        latencies.push(started.elapsed().as_micros() as u32);
-    }
-    drop(stream);
-    let _ = echo.join();
-    latencies.sort_unstable();
-    Ok(Figures {
-        operations: latencies.len() as u64,
-        p50_micros: percentile(&latencies, 0.5),
-        p99_micros: percentile(&latencies, 0.99),
-        ..Figures::default()
-    })
 }
 
 /// The peak resident set (VmHWM) of a process, in bytes.
