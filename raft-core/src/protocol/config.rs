@@ -36,6 +36,18 @@ pub struct Config {
     /// for one election timeout, because it cannot know whether it promised a
     /// leader not to vote before it restarted.
     pub lease_reads: bool,
+    /// Send each follower the leader's new commit index as soon as it
+    /// advances, in an empty AppendEntries of its own (off by default). Off,
+    /// the commit index travels with the next AppendEntries or heartbeat,
+    /// as in etcd and hashicorp/raft, so a follower's state machine trails
+    /// the leader's by up to a heartbeat interval when no entries flow. On,
+    /// followers apply a write about one round trip after the leader, at
+    /// the cost of a message and its answer per follower and commit on a
+    /// lightly loaded cluster (measured: a quarter longer writes at one
+    /// client). Under load entries flow anyway and the two behave alike.
+    /// Linearizable and lease reads are correct either way: they wait for
+    /// the commit index their heartbeat round brings.
+    pub eager_commit_updates: bool,
     /// Lease safety margin for clock drift, in ticks: the leader's lease ends
     /// this many ticks before the followers' minimum election timeout.
     pub lease_drift_margin_ticks: u64,
@@ -87,6 +99,7 @@ impl Config {
             pre_vote: true,
             check_quorum: true,
             lease_reads: false,
+            eager_commit_updates: false,
             lease_drift_margin_ticks: 2,
             max_entries_per_message: 512,
             max_bytes_per_message: 1 << 20,

@@ -753,7 +753,7 @@ impl Engine {
     /// Takes the pending batch of work. See [`Ready`] for how to handle it.
     pub fn ready(&mut self) -> Ready {
         if self.role == Role::Leader {
-            self.leader_prepare_ready();
+            self.leader_prepare_ready(self.config.eager_commit_updates);
         }
         let mut ready = Ready {
             messages: std::mem::take(&mut self.messages),

@@ -140,8 +140,16 @@ impl Engine {
     }
 
     /// Sends what each peer needs before a batch is handed out: entries within
-    /// each in-flight window, commit updates, and a read round if reads wait.
-    pub(super) fn leader_prepare_ready(&mut self) {
+    /// each in-flight window, a read round if reads wait, and, with
+    /// `send_commit_updates`, an empty AppendEntries to each follower that
+    /// has not heard the current commit index.
+    ///
+    /// Unless `Config::eager_commit_updates` asks for them, `ready()` sends
+    /// no such updates: the commit index rides on the next AppendEntries or
+    /// heartbeat. A message of its own after every commit doubles the
+    /// messages of a lightly loaded cluster (each is answered, and each
+    /// makes the follower record its commit index).
+    pub(super) fn leader_prepare_ready(&mut self, send_commit_updates: bool) {
         let Some(state) = self.leader_state.as_deref() else {
             return;
         };
@@ -159,7 +167,7 @@ impl Engine {
                     }
                 }
             }
-            if !sent_any && self.peer_needs_commit_update(peer) {
+            if send_commit_updates && !sent_any && self.peer_needs_commit_update(peer) {
                 let _ = self.send_append(peer, true);
             }
         }
@@ -180,7 +188,7 @@ impl Engine {
         let (max_messages, max_bytes) = (self.config.max_inflight_messages, self.config.max_inflight_bytes);
         state.progress.iter().any(|(id, p)| {
             (p.next_index <= last && p.can_send(max_messages, max_bytes))
-                || self.peer_needs_commit_update(*id)
+                || (self.config.eager_commit_updates && self.peer_needs_commit_update(*id))
         })
     }
 
@@ -440,7 +448,7 @@ impl Engine {
             } else if !self.membership.is_voter(self.config.id) {
                 // This leader removed itself: tell the followers the final
                 // commit index, hand over quickly, then step down.
-                self.leader_prepare_ready();
+                self.leader_prepare_ready(true);
                 self.hand_over_before_leaving();
                 self.become_follower(self.term, NodeId::NONE);
             }

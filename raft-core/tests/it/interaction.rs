@@ -157,4 +157,5 @@ scenarios!(
     checkpoints,
     flow_control,
     bad_input,
+    commit_updates,
 );

@@ -199,7 +199,7 @@ fn the_simulator_catches_snapshots_that_drop_the_checkpoints() {
 #[test]
 fn the_client_history_alone_exposes_stale_reads_from_a_wrongly_elected_leader() {
     let bugs = sim::injected_bug("vote_without_log_check").expect("a known bug");
-    for seed in 0..20 {
+    for seed in 0..50 {
         let options = SimOptions { bugs, per_step_checks: false, ..ci_options(seed) };
         if let Err(violation) = sim::run_seed(&options) {
             if violation.property == sim::Property::Linearizability {
@@ -208,5 +208,5 @@ fn the_client_history_alone_exposes_stale_reads_from_a_wrongly_elected_leader() 
             }
         }
     }
-    panic!("no history of 20 seeds with vote_without_log_check was found not linearizable");
+    panic!("no history of 50 seeds with vote_without_log_check was found not linearizable");
 }

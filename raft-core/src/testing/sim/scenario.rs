@@ -122,5 +122,6 @@ fn engine_template(rng: &mut SimRng) -> Config {
     config.snapshot_trailing_entries = rng.between(0, 12);
     config.promotion_max_lag_entries = rng.between(2, 20);
     config.snapshot_chunks_in_flight = rng.between(1, 4) as usize;
+    config.eager_commit_updates = rng.chance(500);
     config
 }

@@ -989,6 +989,13 @@ fn result_line<E: std::fmt::Debug + std::fmt::Display>(result: Result<String, E>
 fn config_options(cmd: &mut Command) -> Result<Config, String> {
     let mut c = Config::new(NodeId(1));
     c.random_seed = 0;
+    // Scenarios show a commit reaching the followers in the same exchange
+    // (`eager-commit=false` shows the engine's default, where it waits for
+    // the next AppendEntries or heartbeat).
+    c.eager_commit_updates = true;
+    if let Some(v) = cmd.take_bool("eager-commit")? {
+        c.eager_commit_updates = v;
+    }
     if let Some(v) = cmd.take_bool("prevote")? {
         c.pre_vote = v;
     }

@@ -82,6 +82,10 @@ fn a_leader_brings_every_kind_of_follower_log_into_agreement() {
             "{name}: entry for entry"
         );
         assert_eq!(leader.commit_index(), LogIndex(11), "{name}");
+        // The follower learns the commit index from the leader's next
+        // heartbeat ("future AppendEntries RPCs (including heartbeats)", §5.3).
+        leader.tick();
+        exchange(&mut leader, &mut follower);
         assert_eq!(follower.commit_index(), LogIndex(11), "{name}");
         assert_eq!((follower.term(), follower.leader()), (Term(8), NodeId(1)), "{name}");
     }

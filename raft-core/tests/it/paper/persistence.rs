@@ -146,7 +146,9 @@ fn two_followers_commit_an_entry_before_the_leaders_own_write_is_durable() {
         node.state_machine.apply(entry);
         node.engine.applied(entry.index);
     }
-    run_rounds(&mut cluster, &mut observer, lose_nothing);
+    // The followers learn the commit index from the leader's next
+    // heartbeat ("future AppendEntries RPCs (including heartbeats)", §5.3).
+    tick_and_settle(&mut cluster, &mut observer);
     for id in 1..=3 {
         assert_eq!(
             cluster.nodes[&NodeId(id)].state_machine.commands,
@@ -180,7 +182,8 @@ fn with_one_follower_down_commit_waits_for_the_leaders_own_write() {
         index,
         "the leader's own durable copy completes the majority"
     );
-    run_rounds(&mut cluster, &mut observer, lose_nothing);
+    // The follower learns the commit index from the next heartbeat.
+    tick_and_settle(&mut cluster, &mut observer);
     for id in [1, 2] {
         assert_eq!(
             cluster.nodes[&NodeId(id)].state_machine.commands,
