@@ -63,8 +63,15 @@ impl Engine {
                 // once that write is durable: a node that crashed before
                 // could restart without it and vote for another candidate
                 // of this term, and then both votes would have counted.
-                self.pending_self_vote =
-                    Some(PendingSelfVote { term: self.term, persist_id: self.next_persist_id });
+                if self.bug(|b| b.count_self_vote_early) {
+                    self.votes.insert(self.config.id, true);
+                    if self.poll() == Poll::Won {
+                        return self.become_leader();
+                    }
+                } else {
+                    self.pending_self_vote =
+                        Some(PendingSelfVote { term: self.term, persist_id: self.next_persist_id });
+                }
                 self.term
             }
         };

@@ -68,7 +68,9 @@ impl Engine {
                 self.membership, self.membership_index, expected.1, expected.0
             ));
         }
-        if self.role == Role::Candidate {
+        // The injected bug counts the vote at once on purpose, to show that
+        // the simulator's own checks catch it.
+        if self.role == Role::Candidate && !self.bug(|b| b.count_self_vote_early) {
             let counted = self.votes.get(&self.config.id) == Some(&true);
             let waiting = self.pending_self_vote.is_some_and(|p| p.term == self.term);
             if counted == waiting {

@@ -84,6 +84,9 @@ pub struct InjectedBugs {
     pub apply_before_commit: bool,
     /// Never persist the vote (a restart forgets it).
     pub forget_vote: bool,
+    /// Count a candidate's own vote as soon as it campaigns, before its term
+    /// and vote are durable (its vote requests leave at once either way).
+    pub count_self_vote_early: bool,
 }
 
 /// The state a node restarts from, as read from storage.
