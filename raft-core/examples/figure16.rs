@@ -31,13 +31,15 @@
 //! out with a `persist_id` is a synced write to that server's disk, which
 //! completes after a latency drawn uniformly from 11–15 ms (`--disk-us`);
 //! only then is `Engine::persisted` called, so the messages the engine
-//! holds until the write is durable (a candidate's vote requests wait for
-//! its own term and vote, a voter's answer for its vote, a follower's
-//! acknowledgement for its entries) leave only then. Writes on one server
+//! holds until the write is durable (a voter's answer waits for its vote, a
+//! follower's acknowledgement for its entries) leave only then, and a
+//! candidate counts its own vote only then (its vote requests leave at
+//! once, beside the write of its term and vote). Writes on one server
 //! are serialised: batches handed out while a write is in progress are
 //! merged into the next one, one sync for all, as raft-core's runtime does
-//! (`runtime/storage.rs`). Messages that wait for nothing (heartbeats and
-//! their answers, pre-votes and their answers) cross the LAN alone.
+//! (`runtime/storage.rs`). Messages that wait for nothing (vote requests,
+//! heartbeats and their answers, pre-votes and their answers) cross the LAN
+//! alone.
 //!
 //! Why this model and these numbers: the paper gives only the broadcast
 //! time, "roughly 15ms" for five servers, measured with LogCabin, the
@@ -57,11 +59,10 @@
 //! (the leader sends AppendEntries to the four others, each persists on an
 //! idle disk and answers, the last answer arrives) is the paper's 15 ms:
 //! mean 14.8 ms, median 15.0 ms. The spread of ±2 ms is an assumption: the
-//! paper reports none. With this model a candidate's vote requests wait
-//! for its own write, so an election takes two writes in series; at 12–24
-//! ms, and without pre-vote at 0–5 ms of randomness, almost no trial
-//! elects a leader (BENCHMARKS.md has the results and what they say about
-//! the paper's setup).
+//! paper reports none. The candidate's write runs while its vote requests
+//! travel and the voters write their votes, so an election has one synced
+//! write on its critical path (BENCHMARKS.md has the results and what they
+//! say about the paper's setup).
 //!
 //! `--model network` is the earlier model, kept for comparison: every
 //! message takes 4.5–8.5 ms one way and disks are instantaneous (a batch is

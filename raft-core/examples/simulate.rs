@@ -54,7 +54,8 @@ const USAGE: &str = "usage:
   simulate --bugs [--max-seeds N] [--start S] [--threads T] [--steps N]
   --end-to-end-only: skip the per-step safety checks (liveness and linearizability only)
   --history: with --seed, print the client history at the end
-bugs: vote_without_log_check, commit_previous_terms, apply_before_commit, forget_vote (engine);
+bugs: vote_without_log_check, commit_previous_terms, apply_before_commit, forget_vote,
+      count_self_vote_early (engine);
       rollback_keeps_data, snapshot_drops_checkpoints (state machine)";
 
 fn parse_arguments() -> Result<Arguments, String> {

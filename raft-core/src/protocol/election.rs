@@ -1,6 +1,6 @@
 //! Elections: timers, pre-vote, votes, role changes and CheckQuorum.
 
-use super::{Engine, LeaderState, ReadError, StepError};
+use super::{Engine, LeaderState, PendingSelfVote, ReadError, StepError};
 use crate::message::{Message, MessageBody, RequestVote, RequestVoteResponse, VoteKind};
 use crate::protocol::progress::Progress;
 use crate::types::{EntryPayload, NodeId, Role, Term};
@@ -46,22 +46,35 @@ impl Engine {
             VoteKind::PreVote => {
                 self.become_pre_candidate();
                 self.stats.pre_votes_started += 1;
+                // A pre-vote promises nothing, so this node's own counts at
+                // once; a single voter goes straight on to the real vote.
+                self.votes.insert(self.config.id, true);
+                if self.poll() == Poll::Won {
+                    return self.campaign(VoteKind::Vote, leadership_transfer);
+                }
                 self.term.next()
             }
             VoteKind::Vote => {
                 self.become_candidate();
                 self.stats.elections_started += 1;
+                // The new term and the vote for itself go out in the next
+                // `ready()`, which always issues a synced write for a new
+                // term, under the next persist id. The vote counts only
+                // once that write is durable: a node that crashed before
+                // could restart without it and vote for another candidate
+                // of this term, and then both votes would have counted.
+                if self.bug(|b| b.count_self_vote_early) {
+                    self.votes.insert(self.config.id, true);
+                    if self.poll() == Poll::Won {
+                        return self.become_leader();
+                    }
+                } else {
+                    self.pending_self_vote =
+                        Some(PendingSelfVote { term: self.term, persist_id: self.next_persist_id });
+                }
                 self.term
             }
         };
-        self.votes.insert(self.config.id, true);
-        match self.poll() {
-            Poll::Won if kind == VoteKind::PreVote => {
-                return self.campaign(VoteKind::Vote, leadership_transfer)
-            }
-            Poll::Won => return self.become_leader(),
-            Poll::Lost | Poll::Pending => {}
-        }
         let request = RequestVote {
             kind,
             last_log_index: self.log.last_index(),
@@ -74,16 +87,28 @@ impl Engine {
             if voter == self.config.id {
                 continue;
             }
+            // Vote requests leave at once, while this node's own write is
+            // under way: a request promises nothing, and the votes that come
+            // back are durable at their senders before they count.
             let body = MessageBody::RequestVote(request.clone());
-            match kind {
-                // A real vote request must not leave before this node's own
-                // vote for itself is durable: a restart that forgot it could
-                // vote for a second candidate in the same term.
-                VoteKind::Vote => self.send_after_persist(voter, campaign_term, body),
-                VoteKind::PreVote => {
-                    self.messages.push(Message { from: self.config.id, to: voter, term: campaign_term, body })
-                }
-            }
+            self.messages.push(Message { from: self.config.id, to: voter, term: campaign_term, body });
+        }
+    }
+
+    /// Counts a candidate's own vote once the write carrying it is durable
+    /// (called from `persisted`). A vote for a campaign this node has since
+    /// left behind (it lost, or saw a higher term) is dropped.
+    pub(super) fn count_durable_self_vote(&mut self) {
+        let Some(pending) = self.pending_self_vote else {
+            return;
+        };
+        if pending.persist_id > self.acked_persist_id {
+            return;
+        }
+        self.pending_self_vote = None;
+        if self.role == Role::Candidate && self.term == pending.term {
+            self.votes.insert(self.config.id, true);
+            self.tally(VoteKind::Vote);
         }
     }
 
@@ -303,8 +328,13 @@ impl Engine {
             return;
         }
         self.votes.entry(from).or_insert(response.granted);
+        self.tally(expected);
+    }
+
+    /// Acts on the votes counted so far in a campaign of `kind`.
+    fn tally(&mut self, kind: VoteKind) {
         match self.poll() {
-            Poll::Won if expected == VoteKind::PreVote => self.campaign(VoteKind::Vote, false),
+            Poll::Won if kind == VoteKind::PreVote => self.campaign(VoteKind::Vote, false),
             Poll::Won => self.become_leader(),
             Poll::Lost => {
                 // A majority refused, because their logs are ahead of this

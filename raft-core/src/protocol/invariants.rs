@@ -18,8 +18,9 @@ impl Engine {
     /// Checks the engine's internal invariants: compaction point ≤ snapshot
     /// ≤ commit ≤ last index; applied ≤ handed out ≤ commit; the log is
     /// consecutive with non-decreasing terms no newer than the current term;
-    /// a leader voted for itself and tracks exactly the other members; the
-    /// configuration in force is the newest one in the log.
+    /// a candidate's own vote is either counted or waiting for its write,
+    /// never both; a leader voted for itself and tracks exactly the other
+    /// members; the configuration in force is the newest one in the log.
     pub fn check_invariants(&self) -> Result<(), InvariantViolation> {
         let fail = |reason: String| Err(InvariantViolation { node: self.config.id, reason });
         let start = self.log.start_index();
@@ -66,6 +67,18 @@ impl Engine {
                 "configuration in force ({} at {}) is not the newest in the log ({} at {})",
                 self.membership, self.membership_index, expected.1, expected.0
             ));
+        }
+        // The injected bug counts the vote at once on purpose, to show that
+        // the simulator's own checks catch it.
+        if self.role == Role::Candidate && !self.bug(|b| b.count_self_vote_early) {
+            let counted = self.votes.get(&self.config.id) == Some(&true);
+            let waiting = self.pending_self_vote.is_some_and(|p| p.term == self.term);
+            if counted == waiting {
+                return fail(format!(
+                    "a candidate's own vote must be counted or wait for its write, not {}",
+                    if counted { "both" } else { "neither" }
+                ));
+            }
         }
         match (self.role, self.leader_state.as_deref()) {
             (Role::Leader, Some(state)) => {

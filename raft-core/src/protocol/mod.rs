@@ -21,11 +21,14 @@
 //! ```
 //!
 //! Messages that must not leave before local state is durable (vote grants,
-//! append acknowledgements, a candidate's vote requests) are held inside the
-//! engine and come out of a later `ready()` after [`Engine::persisted`], so a
-//! caller cannot send them too early. The leader's own log write runs in
-//! parallel with replication: its AppendEntries leave at once, and the leader
-//! counts itself toward the commit quorum only once its write is durable.
+//! append acknowledgements) are held inside the engine and come out of a
+//! later `ready()` after [`Engine::persisted`], so a caller cannot send them
+//! too early. A node's own writes run in parallel with what it asks of the
+//! others: a candidate's vote requests leave at once and it counts its own
+//! vote only once its term and vote are durable; a leader's AppendEntries
+//! leave at once and it counts itself toward the commit quorum only once its
+//! write is durable. Every vote and every acknowledgement that is counted
+//! is therefore durable.
 //!
 //! The module is split by concern: [`election`](self) (timers, pre-vote,
 //! votes, CheckQuorum), replication (AppendEntries, commit), reads
@@ -81,6 +84,9 @@ pub struct InjectedBugs {
     pub apply_before_commit: bool,
     /// Never persist the vote (a restart forgets it).
     pub forget_vote: bool,
+    /// Count a candidate's own vote as soon as it campaigns, before its term
+    /// and vote are durable (its vote requests leave at once either way).
+    pub count_self_vote_early: bool,
 }
 
 /// The state a node restarts from, as read from storage.
@@ -304,6 +310,16 @@ struct InflightPersist {
     last_index: LogIndex,
 }
 
+/// A candidate's vote for itself, waiting for the write that records it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct PendingSelfVote {
+    /// The term of the campaign.
+    term: Term,
+    /// The persist id of the write that carries the campaign's term and
+    /// vote: the vote counts once `persisted()` reaches it.
+    persist_id: u64,
+}
+
 /// The bound on read rounds remembered for lease computation.
 const MAX_TRACKED_ROUNDS: usize = 1024;
 
@@ -340,6 +356,8 @@ pub struct Engine {
     heartbeat_elapsed: u64,
     /// Votes received in the current (pre-)election.
     votes: BTreeMap<NodeId, bool>,
+    /// A candidate's own vote, counted into `votes` only once it is durable.
+    pending_self_vote: Option<PendingSelfVote>,
     leader_state: Option<Box<LeaderState>>,
     /// Reads this follower forwarded to the leader; bounded by `max_pending_reads`.
     forwarded_reads: VecDeque<ForwardedRead>,
@@ -449,6 +467,7 @@ impl Engine {
             randomized_election_timeout: config.election_timeout_ticks,
             heartbeat_elapsed: 0,
             votes: BTreeMap::new(),
+            pending_self_vote: None,
             leader_state: None,
             forwarded_reads: VecDeque::new(),
             incoming_snapshot: None,
@@ -735,6 +754,7 @@ impl Engine {
                 self.messages.push(message);
             }
         }
+        self.count_durable_self_vote();
         if self.role == Role::Leader {
             self.maybe_commit();
         }
@@ -783,6 +803,12 @@ impl Engine {
             || !ready.entries.is_empty()
             || !ready.snapshot_chunks.is_empty()
             || ready.install_snapshot.is_some();
+        // A campaign's own vote waits for the persist id this batch issues
+        // (see `campaign`); the new term always makes the batch a synced write.
+        debug_assert!(
+            must_sync || self.pending_self_vote.is_none_or(|p| p.persist_id < self.next_persist_id),
+            "a campaign's term and vote must go out in a synced write"
+        );
         if must_sync {
             let id = PersistId(self.next_persist_id);
             self.next_persist_id += 1;

@@ -13,7 +13,9 @@ pub struct PersistId(pub u64);
 /// One batch of work produced by [`super::Engine::ready`].
 ///
 /// Handle the parts in this order:
-/// 1. Send `messages` (they never depend on unpersisted state).
+/// 1. Send `messages` at once: none of them promises state that is not
+///    durable yet (a vote request may leave before the candidate's own
+///    term and vote are written; its vote for itself counts only after).
 /// 2. Persist, as one atomic and durable write if the store allows:
 ///    `snapshot_chunks` (in order), then `install_snapshot`, then `entries`,
 ///    then `hard_state`. Then call [`super::Engine::persisted`] with

@@ -140,6 +140,7 @@ macro_rules! scenarios {
 scenarios!(
     election,
     election_timer,
+    candidate_write,
     prevote,
     check_quorum,
     replication,

@@ -15,8 +15,10 @@
 //! - **Monotonicity**: per node, term, vote within a term and commit index
 //!   never go back while the node runs; its durable hard state never goes
 //!   back at all, across crashes.
-//! - **Durability**: a vote, a vote request or an append acknowledgement
-//!   never leaves a node before the state it promises is durable.
+//! - **Durability**: a vote or an append acknowledgement never leaves a
+//!   node before the state it promises is durable, and a node becomes
+//!   leader only with a quorum of durable votes: the grants it was sent,
+//!   and its own vote only if its term and vote are on its disk.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -216,6 +218,7 @@ impl SafetyChecker {
             }
             Some(_) => return Ok(()),
             None => {
+                self.check_votes_durable(engine)?;
                 self.leaders_by_term.insert(term, id);
             }
         }
@@ -226,6 +229,35 @@ impl SafetyChecker {
             self.check_leader_holds(engine, index, entry)?;
         }
         Ok(())
+    }
+
+    /// Durability of an election: every vote a new leader counted is
+    /// durable, so that no voter can forget it in a crash and vote again in
+    /// the same term. Grants from others are durable when they leave
+    /// (`check_sent`); the leader's own vote is durable if its disk holds
+    /// its term and vote. Those must make a quorum of the configuration the
+    /// leader won in.
+    fn check_votes_durable(&self, engine: &Engine) -> Result<(), Violation> {
+        let (id, term) = (engine.id(), engine.term());
+        let own_durable = self.durable.get(&id).is_some_and(|h| h.term == term && h.vote == id);
+        let voted_durably = |voter: NodeId| {
+            if voter == id {
+                own_durable
+            } else {
+                self.vote_promises.get(&(voter, term)) == Some(&id)
+            }
+        };
+        if engine.membership().is_quorum(voted_durably) {
+            return Ok(());
+        }
+        Err(self.violation(
+            Property::Durability,
+            format!(
+                "node {id} became leader of term {term} without a quorum of durable votes \
+                 (its own vote durable: {own_durable}; durable hard state: {:?})",
+                self.durable.get(&id).copied().unwrap_or_default()
+            ),
+        ))
     }
 
     fn check_leader_holds(
@@ -523,9 +555,6 @@ impl SafetyChecker {
                         "node {from} granted its vote in term {term} to {candidate} before it was durable"
                     )
                 })
-            }
-            MessageBody::RequestVote(r) if r.kind == VoteKind::Vote && !voted_durably(from) => {
-                Some(format!("node {from} asked for votes in term {term} before its own vote was durable"))
             }
             // An acknowledgement of an earlier term may leave after the node
             // replaced the entry in a later term (it was durable when made,

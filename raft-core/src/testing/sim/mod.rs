@@ -228,8 +228,13 @@ pub fn run_seed(options: &SimOptions) -> Result<SimReport, Violation> {
 }
 
 /// The injected bugs by name, as the CLI and the tests name them.
-pub const BUG_NAMES: [&str; 4] =
-    ["vote_without_log_check", "commit_previous_terms", "apply_before_commit", "forget_vote"];
+pub const BUG_NAMES: [&str; 5] = [
+    "vote_without_log_check",
+    "commit_previous_terms",
+    "apply_before_commit",
+    "forget_vote",
+    "count_self_vote_early",
+];
 
 /// The injected bug called `name` (one of [`BUG_NAMES`]).
 pub fn injected_bug(name: &str) -> Option<InjectedBugs> {
@@ -239,6 +244,7 @@ pub fn injected_bug(name: &str) -> Option<InjectedBugs> {
         "commit_previous_terms" => bugs.commit_previous_terms = true,
         "apply_before_commit" => bugs.apply_before_commit = true,
         "forget_vote" => bugs.forget_vote = true,
+        "count_self_vote_early" => bugs.count_self_vote_early = true,
         _ => return None,
     }
     Some(bugs)

@@ -12,10 +12,10 @@ fn follower_of_five() -> Engine {
 
 /// Figure 2 (Candidates), §5.2: "on conversion to candidate: increment the
 /// current term, vote for self, reset the election timer, send RequestVote
-/// to all other servers". The term and vote must be durable before any
-/// request leaves (a node that forgot its own vote after a crash could vote
-/// again in the same term), so the requests come out of `ready()` only after
-/// `persisted()` acknowledged the batch carrying the vote.
+/// to all other servers". The requests leave in the same batch as the write
+/// of the new term and vote, without waiting for it: a request promises
+/// nothing. What must wait is the counting of the candidate's own vote (see
+/// the next test).
 #[test]
 fn on_conversion_a_candidate_votes_for_itself_in_a_new_term_and_asks_everyone_else() {
     let timeout = election_timeout_ticks();
@@ -26,12 +26,8 @@ fn on_conversion_a_candidate_votes_for_itself_in_a_new_term_and_asks_everyone_el
     let ready = engine.ready();
     let hard_state = ready.hard_state.expect("the new term and vote are written");
     assert_eq!((hard_state.term, hard_state.vote), (Term(5), NodeId(1)));
-    assert!(ready.messages.is_empty(), "no request before the vote is durable: {:?}", ready.messages);
     let persist_id = ready.persist_id.expect("the vote must be made durable");
-    assert!(engine.ready().messages.is_empty(), "still none while the write is in flight");
-
-    engine.persisted(persist_id);
-    let requests = engine.ready().messages;
+    let requests = ready.messages;
     assert_eq!(
         receivers_and_kinds(&requests),
         vec![(2, "RequestVote"), (3, "RequestVote"), (4, "RequestVote"), (5, "RequestVote")]
@@ -41,6 +37,8 @@ fn on_conversion_a_candidate_votes_for_itself_in_a_new_term_and_asks_everyone_el
         let MessageBody::RequestVote(body) = &request.body else { unreachable!() };
         assert_eq!((body.last_log_index, body.last_log_term), (LogIndex(3), Term(2)));
     }
+    engine.persisted(persist_id);
+    assert!(engine.ready().messages.is_empty(), "the requests went out once");
     engine.check_invariants().unwrap();
 
     // The election timer restarted on conversion: a full randomized timeout
@@ -59,6 +57,39 @@ fn ticks_until_campaign_again(engine: &mut Engine, limit: u64) -> u64 {
             engine.term() != term
         })
         .expect("a new election")
+}
+
+/// §5.2 with §5.6's durability: a vote counts toward a majority only once
+/// it is durable, the candidate's own included. A node that crashed before
+/// its own vote was on disk could restart without it and vote for another
+/// candidate of the same term; had its first vote counted, two candidates
+/// could win that term. So with five voters, two grants and an undurable
+/// vote for itself are not enough; once its write is acknowledged they
+/// are. Three grants from others are a majority without it.
+#[test]
+fn a_candidate_counts_its_own_vote_only_once_it_is_durable() {
+    let mut engine = follower_of_five();
+    engine.campaign_now();
+    let ready = engine.ready();
+    let persist_id = ready.persist_id.expect("the vote must be made durable");
+    let term = engine.term().get();
+    step_ok(&mut engine, vote_response(2, 1, term, true));
+    step_ok(&mut engine, vote_response(3, 1, term, true));
+    assert_eq!(engine.role(), Role::Candidate, "two grants and a vote for itself not yet durable");
+    engine.check_invariants().unwrap();
+    engine.persisted(persist_id);
+    assert_eq!(engine.role(), Role::Leader, "two grants and a durable vote for itself");
+    flush(&mut engine);
+
+    let mut engine = follower_of_five();
+    engine.campaign_now();
+    let _write_still_in_flight = engine.ready();
+    let term = engine.term().get();
+    for voter in [2, 3, 4] {
+        step_ok(&mut engine, vote_response(voter, 1, term, true));
+    }
+    assert_eq!(engine.role(), Role::Leader, "three grants are a majority without its own vote");
+    engine.check_invariants().unwrap();
 }
 
 /// Figure 2 (Candidates), §5.2: "if votes are received from a majority of
@@ -155,7 +186,8 @@ fn a_split_vote_is_resolved_by_a_new_election_when_a_timeout_fires() {
     cluster.stabilize();
     cluster.engine_mut(1).campaign_now();
     cluster.engine_mut(2).campaign_now();
-    // Each candidate's requests leave once its vote is durable.
+    // Each candidate's requests leave with its first batch; its own vote
+    // counts once that batch is durable.
     for id in [1, 2] {
         while cluster.process_ready(NodeId(id)) {}
     }

@@ -88,9 +88,10 @@ fn a_follower_that_crashes_before_writing_gets_the_entries_again() {
     observer.assert_safe();
 }
 
-/// §5.5: a candidate that crashes after asking for votes restarts with the
-/// term and the vote for itself it had made durable before asking, so it
-/// cannot vote for another candidate in that term.
+/// §5.5: a candidate that crashes once its term and its vote for itself
+/// are durable restarts with them, so it cannot vote for another candidate
+/// in that term. (One that crashes before its write is durable never
+/// counted that vote; `testdata/candidate-write.txt` follows it.)
 #[test]
 fn a_candidate_that_crashes_mid_election_keeps_its_term_and_vote() {
     let mut cluster = Cluster::bootstrap(&[1, 2, 3], paper_config);
