@@ -55,7 +55,7 @@ const USAGE: &str = "usage:
   --end-to-end-only: skip the per-step safety checks (liveness and linearizability only)
   --history: with --seed, print the client history at the end
 bugs: vote_without_log_check, commit_previous_terms, apply_before_commit, forget_vote,
-      count_self_vote_early (engine);
+      count_self_vote_early, lead_before_own_write (engine);
       rollback_keeps_data, snapshot_drops_checkpoints (state machine)";
 
 fn parse_arguments() -> Result<Arguments, String> {

@@ -34,7 +34,7 @@ tasks:
   sim --bugs [--max-seeds N] [--start S] [--steps N]
         switch on each injected protocol bug in turn and report how many seeds catch it
         (bugs: vote_without_log_check, commit_previous_terms, apply_before_commit, forget_vote,
-        count_self_vote_early)
+        count_self_vote_early, lead_before_own_write)
   cluster [--nodes N] [--base-port P] [--fresh] [--release]
         build raft-node, make certificates for cluster id `local` (or reuse them), and run N nodes
         (default 3) on 127.0.0.1: node i serves clients on P+i (default P = 8080: 8081, 8082, ...)

@@ -335,6 +335,18 @@ impl Engine {
     fn tally(&mut self, kind: VoteKind) {
         match self.poll() {
             Poll::Won if kind == VoteKind::PreVote => self.campaign(VoteKind::Vote, false),
+            // Even when the others' votes alone make a majority, a
+            // candidate takes office only once its own term and vote are
+            // durable (`count_durable_self_vote` tallies again then). A
+            // leader that crashed before that write would restart in the
+            // previous term, could stand for this one again and be
+            // re-elected by the same voters (they voted for it in this
+            // term), and its second leadership would append entries under
+            // the same term and indexes as its first, but different ones:
+            // two entries with one index and term break Log Matching.
+            Poll::Won
+                if self.pending_self_vote.is_some_and(|p| p.term == self.term)
+                    && !self.bug(|b| b.lead_before_own_write) => {}
             Poll::Won => self.become_leader(),
             Poll::Lost => {
                 // A majority refused, because their logs are ahead of this

@@ -80,6 +80,12 @@ impl Engine {
                 ));
             }
         }
+        if self.role == Role::Leader
+            && self.pending_self_vote.is_some_and(|p| p.term == self.term)
+            && !self.bug(|b| b.lead_before_own_write)
+        {
+            return fail("a leader took office before its own term and vote were durable".into());
+        }
         match (self.role, self.leader_state.as_deref()) {
             (Role::Leader, Some(state)) => {
                 if self.vote != self.config.id || self.leader != self.config.id {

@@ -87,6 +87,9 @@ pub struct InjectedBugs {
     /// Count a candidate's own vote as soon as it campaigns, before its term
     /// and vote are durable (its vote requests leave at once either way).
     pub count_self_vote_early: bool,
+    /// Take office once others' grants are a majority, before the
+    /// candidate's own term and vote are durable.
+    pub lead_before_own_write: bool,
 }
 
 /// The state a node restarts from, as read from storage.

@@ -17,8 +17,9 @@
 //!   back at all, across crashes.
 //! - **Durability**: a vote or an append acknowledgement never leaves a
 //!   node before the state it promises is durable, and a node becomes
-//!   leader only with a quorum of durable votes: the grants it was sent,
-//!   and its own vote only if its term and vote are on its disk.
+//!   leader only with a quorum of durable votes (the grants it was sent,
+//!   and its own vote only if its term and vote are on its disk) and never
+//!   before its own term and vote are on its disk.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -236,10 +237,19 @@ impl SafetyChecker {
     /// the same term. Grants from others are durable when they leave
     /// (`check_sent`); the leader's own vote is durable if its disk holds
     /// its term and vote. Those must make a quorum of the configuration the
-    /// leader won in.
+    /// leader won in, and the leader's own must be among them: a leader
+    /// whose term is not durable could crash, restart in the term before,
+    /// win this term again from the same voters and append other entries
+    /// under the indexes of its first leadership.
     fn check_votes_durable(&self, engine: &Engine) -> Result<(), Violation> {
         let (id, term) = (engine.id(), engine.term());
         let own_durable = self.durable.get(&id).is_some_and(|h| h.term == term && h.vote == id);
+        if !own_durable {
+            return Err(self.violation(
+                Property::Durability,
+                format!("node {id} became leader of term {term} before its own term and vote were durable"),
+            ));
+        }
         let voted_durably = |voter: NodeId| {
             if voter == id {
                 own_durable

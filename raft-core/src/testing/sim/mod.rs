@@ -228,12 +228,13 @@ pub fn run_seed(options: &SimOptions) -> Result<SimReport, Violation> {
 }
 
 /// The injected bugs by name, as the CLI and the tests name them.
-pub const BUG_NAMES: [&str; 5] = [
+pub const BUG_NAMES: [&str; 6] = [
     "vote_without_log_check",
     "commit_previous_terms",
     "apply_before_commit",
     "forget_vote",
     "count_self_vote_early",
+    "lead_before_own_write",
 ];
 
 /// The injected bug called `name` (one of [`BUG_NAMES`]).
@@ -245,6 +246,7 @@ pub fn injected_bug(name: &str) -> Option<InjectedBugs> {
         "apply_before_commit" => bugs.apply_before_commit = true,
         "forget_vote" => bugs.forget_vote = true,
         "count_self_vote_early" => bugs.count_self_vote_early = true,
+        "lead_before_own_write" => bugs.lead_before_own_write = true,
         _ => return None,
     }
     Some(bugs)

@@ -65,7 +65,10 @@ fn ticks_until_campaign_again(engine: &mut Engine, limit: u64) -> u64 {
 /// candidate of the same term; had its first vote counted, two candidates
 /// could win that term. So with five voters, two grants and an undurable
 /// vote for itself are not enough; once its write is acknowledged they
-/// are. Three grants from others are a majority without it.
+/// are. Three grants from others are a majority without it, but the
+/// candidate takes office only once its own term is durable: a leader that
+/// crashed before that write would restart in the previous term and could
+/// be elected in this one again, by the same voters, with another log.
 #[test]
 fn a_candidate_counts_its_own_vote_only_once_it_is_durable() {
     let mut engine = follower_of_five();
@@ -83,12 +86,15 @@ fn a_candidate_counts_its_own_vote_only_once_it_is_durable() {
 
     let mut engine = follower_of_five();
     engine.campaign_now();
-    let _write_still_in_flight = engine.ready();
+    let persist_id = engine.ready().persist_id.expect("the vote must be made durable");
     let term = engine.term().get();
     for voter in [2, 3, 4] {
         step_ok(&mut engine, vote_response(voter, 1, term, true));
     }
-    assert_eq!(engine.role(), Role::Leader, "three grants are a majority without its own vote");
+    assert_eq!(engine.role(), Role::Candidate, "a majority of grants, but its own term is not durable yet");
+    engine.check_invariants().unwrap();
+    engine.persisted(persist_id);
+    assert_eq!(engine.role(), Role::Leader, "three grants and its own durable term");
     engine.check_invariants().unwrap();
 }
 
