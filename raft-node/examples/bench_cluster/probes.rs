@@ -29,7 +29,8 @@ pub fn fdatasync_latency(dir: &Path, writers: usize) -> Result<Figures, String> 
     use std::os::unix::fs::FileExt;
     let files = (0..writers)
         .map(|writer| {
-            std::fs::File::create(dir.join(format!("fsync-probe-{writer}"))).map_err(|e| format!("fsync probe: {e}"))
+            std::fs::File::create(dir.join(format!("fsync-probe-{writer}")))
+                .map_err(|e| format!("fsync probe: {e}"))
         })
         .collect::<Result<Vec<_>, _>>()?;
     let per_writer = std::thread::scope(|scope| {
@@ -41,7 +42,8 @@ pub fn fdatasync_latency(dir: &Path, writers: usize) -> Result<Figures, String> 
                     let mut latencies = Vec::with_capacity(FSYNC_ROUNDS as usize);
                     for round in 0..FSYNC_ROUNDS {
                         let started = Instant::now();
-                        file.write_all_at(&block, (round % 16) * 4096).map_err(|e| format!("fsync probe: {e}"))?;
+                        file.write_all_at(&block, (round % 16) * 4096)
+                            .map_err(|e| format!("fsync probe: {e}"))?;
                         file.sync_data().map_err(|e| format!("fsync probe: {e}"))?;
                         latencies.push(started.elapsed().as_micros() as u32);
                     }

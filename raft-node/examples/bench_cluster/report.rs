@@ -108,8 +108,9 @@ fn load_tables(
         // machine: the client's round trip, the entry's round trip to a
         // follower over the transport, and the follower's synced write while
         // the two other members sync the same entry on the same disk.
-        let path_floor =
-            machine.rtt.p50_micros + machine.transport_rtt.p50_micros + machine.fsync_three_writers.p50_micros;
+        let path_floor = machine.rtt.p50_micros
+            + machine.transport_rtt.p50_micros
+            + machine.fsync_three_writers.p50_micros;
         let _ = writeln!(
             out,
             "Single-connection write p50: {} µs = {:.2}× (fdatasync p50 + RTT p50 = {floor} µs). The path's own \
