@@ -24,9 +24,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use raft_core::message::{AppendEntries, Heartbeat, InstallSnapshot, Message, MessageBody};
+use raft_core::message::{Heartbeat, InstallSnapshot, Message, MessageBody};
+use raft_core::testing::messages::one_entry_append;
 use raft_core::transport::{Inbox, Transport};
-use raft_core::types::{Entry, EntryPayload, LogIndex, NodeId, SnapshotMeta, Term};
+use raft_core::types::{LogIndex, NodeId, SnapshotMeta, Term};
 use raft_transport_quic::certs::ClusterCa;
 use raft_transport_quic::{ClusterId, QuicTransport, TransportConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -63,25 +64,6 @@ fn pair(max_udp_payload_bytes: u16) -> Pair {
     Pair { one, two, one_inbox, two_inbox }
 }
 
-fn append(from: u64, to: u64, index: u64, payload_bytes: usize) -> Message {
-    let entry = Entry {
-        term: Term(1),
-        index: LogIndex(index + 1),
-        payload: EntryPayload::Command { client: None, data: Bytes::from(vec![1u8; payload_bytes]) },
-    };
-    Message {
-        from: NodeId(from),
-        to: NodeId(to),
-        term: Term(1),
-        body: MessageBody::AppendEntries(AppendEntries {
-            prev_log_index: LogIndex(index),
-            prev_log_term: Term(1),
-            entries: vec![entry],
-            leader_commit: LogIndex(index),
-        }),
-    }
-}
-
 fn percentile(sorted: &[Duration], fraction: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * fraction) as usize]
 }
@@ -110,9 +92,10 @@ async fn tcp_echo(frame_bytes: usize) -> tokio::net::TcpStream {
 /// size, alternating one of each so both see the same machine load.
 async fn round_trips(payload_bytes: usize, rounds: usize) -> (Vec<Duration>, Vec<Duration>, usize) {
     let mut pair = pair(1472);
-    let frame_bytes = raft_transport_quic::frame::encode_messages(&[append(1, 2, 0, payload_bytes)], 1 << 20)
-        .unwrap()
-        .len();
+    let frame_bytes =
+        raft_transport_quic::frame::encode_messages(&[one_entry_append(1, 2, 0, payload_bytes)], 1 << 20)
+            .unwrap()
+            .len();
     let two = pair.two.clone();
     let mut two_inbox = std::mem::replace(&mut pair.two_inbox, mpsc::channel(1).1);
     let echo = tokio::spawn(async move {
@@ -127,7 +110,7 @@ async fn round_trips(payload_bytes: usize, rounds: usize) -> (Vec<Duration>, Vec
     let (mut quic_samples, mut tcp_samples) = (Vec::with_capacity(rounds), Vec::with_capacity(rounds));
     for round in 0..rounds + rounds / 10 {
         let started = Instant::now();
-        pair.one.send(vec![append(1, 2, round as u64, payload_bytes)]);
+        pair.one.send(vec![one_entry_append(1, 2, round as u64, payload_bytes)]);
         pair.one_inbox.recv().await.expect("echo");
         let quic = started.elapsed();
         let started = Instant::now();
@@ -177,7 +160,7 @@ async fn pipelined(total: u64, payload_bytes: usize, batch: u64, window: u64) ->
         }
     });
     // Warm the connection up.
-    pair.one.send(vec![append(1, 2, 0, payload_bytes)]);
+    pair.one.send(vec![one_entry_append(1, 2, 0, payload_bytes)]);
     while received.load(Ordering::Relaxed) < 1 {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
@@ -187,7 +170,7 @@ async fn pipelined(total: u64, payload_bytes: usize, batch: u64, window: u64) ->
         while sent - (received.load(Ordering::Relaxed) - 1) >= window {
             tokio::task::yield_now().await;
         }
-        pair.one.send((sent..sent + batch).map(|i| append(1, 2, i, payload_bytes)).collect());
+        pair.one.send((sent..sent + batch).map(|i| one_entry_append(1, 2, i, payload_bytes)).collect());
         sent += batch;
     }
     while received.load(Ordering::Relaxed) - 1 < total {

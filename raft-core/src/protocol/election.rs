@@ -112,6 +112,12 @@ impl Engine {
         }
     }
 
+    /// Whether this node's vote for itself in the current term still waits
+    /// for the write that records it.
+    pub(super) fn own_vote_pending(&self) -> bool {
+        self.pending_self_vote.is_some_and(|p| p.term == self.term)
+    }
+
     fn poll(&self) -> Poll {
         if self.membership.is_quorum(|id| self.votes.get(&id) == Some(&true)) {
             Poll::Won
@@ -344,9 +350,7 @@ impl Engine {
             // term), and its second leadership would append entries under
             // the same term and indexes as its first, but different ones:
             // two entries with one index and term break Log Matching.
-            Poll::Won
-                if self.pending_self_vote.is_some_and(|p| p.term == self.term)
-                    && !self.bug(|b| b.lead_before_own_write) => {}
+            Poll::Won if self.own_vote_pending() && !self.bug(|b| b.lead_before_own_write) => {}
             Poll::Won => self.become_leader(),
             Poll::Lost => {
                 // A majority refused, because their logs are ahead of this

@@ -72,7 +72,7 @@ impl Engine {
         // the simulator's own checks catch it.
         if self.role == Role::Candidate && !self.bug(|b| b.count_self_vote_early) {
             let counted = self.votes.get(&self.config.id) == Some(&true);
-            let waiting = self.pending_self_vote.is_some_and(|p| p.term == self.term);
+            let waiting = self.own_vote_pending();
             if counted == waiting {
                 return fail(format!(
                     "a candidate's own vote must be counted or wait for its write, not {}",
@@ -80,10 +80,7 @@ impl Engine {
                 ));
             }
         }
-        if self.role == Role::Leader
-            && self.pending_self_vote.is_some_and(|p| p.term == self.term)
-            && !self.bug(|b| b.lead_before_own_write)
-        {
+        if self.role == Role::Leader && self.own_vote_pending() && !self.bug(|b| b.lead_before_own_write) {
             return fail("a leader took office before its own term and vote were durable".into());
         }
         match (self.role, self.leader_state.as_deref()) {

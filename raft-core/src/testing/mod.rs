@@ -5,5 +5,6 @@ pub mod client;
 pub mod cluster;
 pub mod linearizability;
 pub mod map_state_machine;
+pub mod messages;
 pub mod sim;
 pub mod storage_suite;

@@ -7,10 +7,10 @@ use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::time::Instant;
 
-use bytes::Bytes;
-use raft_core::message::{AppendEntries, Message, MessageBody};
+use raft_core::message::Message;
+use raft_core::testing::messages::one_entry_append;
 use raft_core::transport::{Inbox, Transport};
-use raft_core::types::{Entry, EntryPayload, LogIndex, NodeId, Term};
+use raft_core::types::NodeId;
 use raft_transport_quic::certs::ClusterCa;
 use raft_transport_quic::{ClusterId, QuicTransport, TransportConfig};
 
@@ -121,7 +121,7 @@ pub async fn transport_round_trip() -> Result<Figures, String> {
     let mut latencies = Vec::with_capacity(ROUND_TRIPS);
     for round in 0..(warm_up + ROUND_TRIPS) as u64 {
         let started = Instant::now();
-        one.send(vec![append(round)]);
+        one.send(vec![one_entry_append(1, 2, round, VALUE_BYTES)]);
         let answer = tokio::time::timeout(std::time::Duration::from_secs(10), one_inbox.recv()).await;
         if !matches!(answer, Ok(Some(_))) {
             echo.abort();
@@ -135,26 +135,6 @@ pub async fn transport_round_trip() -> Result<Figures, String> {
     one.shutdown().await;
     two.shutdown().await;
     Ok(figures(latencies))
-}
-
-/// Leader 1's AppendEntries to follower 2 with the entry after `index`.
-fn append(index: u64) -> Message {
-    let entry = Entry {
-        term: Term(1),
-        index: LogIndex(index + 1),
-        payload: EntryPayload::Command { client: None, data: Bytes::from(vec![1u8; VALUE_BYTES]) },
-    };
-    Message {
-        from: NodeId(1),
-        to: NodeId(2),
-        term: Term(1),
-        body: MessageBody::AppendEntries(AppendEntries {
-            prev_log_index: LogIndex(index),
-            prev_log_term: Term(1),
-            entries: vec![entry],
-            leader_commit: LogIndex(index),
-        }),
-    }
 }
 
 fn figures(mut latencies: Vec<u32>) -> Figures {

@@ -6,9 +6,10 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use raft_core::message::{AppendEntries, InstallSnapshot, Message, MessageBody};
+use raft_core::message::{InstallSnapshot, Message, MessageBody};
+use raft_core::testing::messages::one_entry_append;
 use raft_core::transport::{Inbox, Transport};
-use raft_core::types::{Entry, EntryPayload, LogIndex, NodeId, SnapshotMeta, Term};
+use raft_core::types::{NodeId, SnapshotMeta, Term};
 use raft_transport_quic::QuicTransport;
 
 use crate::support::*;
@@ -125,34 +126,15 @@ async fn a_message_too_large_for_a_frame_is_dropped_and_counted() {
     let one = QuicTransport::bind(config, inbox).unwrap();
     let (two, mut two_inbox) = bind(&pki, 2);
     connect_all(&[&one, &two]);
-    let big = append(1, 2, 1, 10_000);
+    let big = one_entry_append(1, 2, 1, 10_000);
     one.send(vec![heartbeat(1, 2, 1), big, heartbeat(1, 2, 2)]);
     assert_eq!(round_of(&receive(&mut two_inbox).await), Some(1));
     assert_eq!(round_of(&receive(&mut two_inbox).await), Some(2));
     assert_eq!(one.stats().peers[&NodeId(2)].errors.oversized_drops, 1);
     // Many small messages are split over several frames under the limit.
-    one.send((0..500).map(|i| append(1, 2, i, 100)).collect());
+    one.send((0..500).map(|i| one_entry_append(1, 2, i, 100)).collect());
     for _ in 0..500 {
         assert!(matches!(receive(&mut two_inbox).await.body, MessageBody::AppendEntries(_)));
-    }
-}
-
-fn append(from: u64, to: u64, index: u64, payload_bytes: usize) -> Message {
-    let entry = Entry {
-        term: Term(1),
-        index: LogIndex(index + 1),
-        payload: EntryPayload::Command { client: None, data: Bytes::from(vec![7u8; payload_bytes]) },
-    };
-    Message {
-        from: NodeId(from),
-        to: NodeId(to),
-        term: Term(1),
-        body: MessageBody::AppendEntries(AppendEntries {
-            prev_log_index: LogIndex(index),
-            prev_log_term: Term(1),
-            entries: vec![entry],
-            leader_commit: LogIndex(0),
-        }),
     }
 }
 
